@@ -1,0 +1,1 @@
+"""softsae_jax: sparse autoencoders in JAX, with SoftSAE's adaptive per-input k."""

@@ -1,0 +1,381 @@
+"""Configuration: frozen, documented dataclasses; defaults from SOFTSAE_SPEC.md.
+
+A run is described by one :class:`Config` (``sae``, ``train``, ``data`` sections). Config files in
+``configs/`` are Python modules with ``get_config() -> Config``; the command line overrides single
+fields with ``--set section.key=value`` (type-checked, unknown keys rejected).
+
+Schedules are given as fractions of ``train.steps`` so one config works at any run length; the
+spec's LLM run (244 140 steps) used warmup 1000 (0.4%), decay from 80%, k annealing over 1%, alpha
+annealing over 2500 steps (1%) and a hard top-k phase of the last 10 000 steps (4%).
+
+This module imports no jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from typing import Any
+
+ARCHS = ("softsae", "topk", "batchtopk", "relu", "matryoshka")
+
+
+class ConfigError(ValueError):
+  """A config value or key a user must fix; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SaeConfig:
+  """The autoencoder.
+
+  Attributes:
+    arch: one of softsae | topk | batchtopk | relu | matryoshka.
+    d_in: input width D; filled from the data's manifest when None.
+    n_latents: dictionary size F; when None, ``expansion * d_in``.
+    expansion: F / D when ``n_latents`` is None.
+    k: target mean number of active latents (SoftSAE: the k budget the batch-mean k-hat is pushed
+      under; topk: the fixed k; batchtopk/matryoshka: k per row on average over the batch).
+    k_max: SoftSAE's k-hat upper bound (k-hat = k_max * sigmoid(.)); None means 2 * k (spec §2.1).
+    alpha: final Laplace scale of the soft top-k (smaller = harder), spec default 1e-4.
+    alpha_start: alpha at the start of annealing (spec: 1.0).
+    soft_grad: how the reconstruction gradient reaches the encoder through the soft top-k:
+      "faithful" = through both the activations and the operator's weights (the authors' code);
+      "stop" = only through the activations, ``acts * soft_topk(stop_gradient(acts), k_hat)``; k-hat
+      keeps its gradient in both. See docs/results.md for the measured difference.
+    k_loss_weight: weight of the k-budget term softplus_beta(mean k-hat - budget).
+    k_loss_beta: beta of that softplus (spec: 5).
+    auxk_alpha: weight of the AuxK dead-latent loss (spec: 1/32).
+    top_k_aux: AuxK's k; None means D // 2.
+    dead_tokens: a latent is dead after this many tokens without firing (AuxK; dead fraction).
+    l1_coeff: L1 coefficient of the relu arch (on |f| times the decoder row norm, which is 1).
+    matryoshka_fractions: nested group sizes as fractions of F (must sum to 1).
+    threshold_beta: EMA factor of the BatchTopK/Matryoshka inference threshold.
+    threshold_start_frac: the EMA starts after this fraction of the steps (spec: step 1000).
+    compute_dtype: matmul dtype, "float32" or "bfloat16" (params stay float32).
+  """
+
+  arch: str = "softsae"
+  d_in: int | None = None
+  n_latents: int | None = None
+  expansion: int = 8
+  k: int = 32
+  k_max: int | None = None
+  alpha: float = 1e-4
+  alpha_start: float = 1.0
+  soft_grad: str = "faithful"
+  k_loss_weight: float = 1.0
+  k_loss_beta: float = 5.0
+  auxk_alpha: float = 1.0 / 32.0
+  top_k_aux: int | None = None
+  dead_tokens: int = 1_000_000
+  l1_coeff: float = 5.0
+  matryoshka_fractions: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 17 / 32)
+  threshold_beta: float = 0.999
+  threshold_start_frac: float = 0.05
+  compute_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.arch not in ARCHS:
+      raise ConfigError(f"sae.arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
+    if self.soft_grad not in ("faithful", "stop"):
+      raise ConfigError(f"sae.soft_grad must be 'faithful' or 'stop'; got {self.soft_grad!r}")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ConfigError(f"sae.compute_dtype must be float32 or bfloat16; got {self.compute_dtype!r}")
+    if self.k < 1:
+      raise ConfigError(f"sae.k must be >= 1; got {self.k}")
+    if self.k_max is not None and self.k_max < self.k:
+      raise ConfigError(f"sae.k_max ({self.k_max}) must be >= sae.k ({self.k})")
+    if not self.alpha > 0 or not self.alpha_start > 0:
+      raise ConfigError(f"sae.alpha and sae.alpha_start must be > 0; got {self.alpha}, {self.alpha_start}")
+    if self.expansion < 1:
+      raise ConfigError(f"sae.expansion must be >= 1; got {self.expansion}")
+    f = self.n_latents
+    if f is None and self.d_in is not None:
+      f = self.expansion * self.d_in
+    if f is not None:
+      if self.k >= f:
+        raise ConfigError(f"sae.k ({self.k}) must be < sae.n_latents ({f})")
+      if self.k_max is not None and self.k_max > f:
+        raise ConfigError(f"sae.k_max ({self.k_max}) must be <= sae.n_latents ({f})")
+      if self.arch == "softsae" and 2 * self.k > f and self.k_max is None:
+        raise ConfigError(
+            f"sae.k_max defaults to 2*sae.k = {2 * self.k} > sae.n_latents ({f}); set sae.k_max <= {f}")
+    if abs(sum(self.matryoshka_fractions) - 1.0) > 1e-6 or min(self.matryoshka_fractions) <= 0:
+      raise ConfigError(
+          f"sae.matryoshka_fractions must be positive and sum to 1; got {self.matryoshka_fractions}")
+    if not 0.0 <= self.threshold_beta < 1.0:
+      raise ConfigError(f"sae.threshold_beta must be in [0, 1); got {self.threshold_beta}")
+
+  # Resolved values (need d_in).
+  @property
+  def F(self) -> int:  # noqa: N802 - dimension letter
+    if self.n_latents is not None:
+      return self.n_latents
+    if self.d_in is None:
+      raise ConfigError("sae.d_in is unknown: resolve the config against the data first")
+    return self.expansion * self.d_in
+
+  @property
+  def kmax(self) -> int:
+    return self.k_max if self.k_max is not None else min(2 * self.k, self.F)
+
+  @property
+  def k_aux(self) -> int:
+    if self.top_k_aux is not None:
+      return min(self.top_k_aux, self.F)
+    return min(max(1, (self.d_in or 2) // 2), self.F)
+
+  def group_sizes(self) -> tuple[int, ...]:
+    """Matryoshka group sizes (sum to F): rounded fractions, the last group takes the rest."""
+    sizes = [max(1, int(round(fr * self.F))) for fr in self.matryoshka_fractions[:-1]]
+    sizes.append(self.F - sum(sizes))
+    if sizes[-1] < 1:
+      raise ConfigError(f"sae.matryoshka_fractions leave no latents for the last group at F={self.F}")
+    return tuple(sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """The optimisation.
+
+  Attributes:
+    steps: optimizer steps.
+    batch_size: rows per step (global, across all devices and processes).
+    lr: Adam learning rate; None means 2e-4 / sqrt(F / 2**14) (the dictionary_learning default).
+    warmup_frac: linear warmup from 0 over this fraction of the steps.
+    decay_start_frac: linear decay to 0 from this fraction of the steps to the end.
+    k_anneal_frac: the k budget goes linearly from D down to sae.k over this fraction (spec §3.4).
+    alpha_anneal_frac: alpha goes linearly from sae.alpha_start to sae.alpha over this fraction.
+    hard_frac: the last fraction of the steps uses hard top-k (SoftSAE); 0 disables it.
+    hard_freeze: in the hard phase the reconstruction reaches only the decoder and b_dec, and the
+      encoder/k-estimator receive updates only from AuxK (the reference's no_grad semantics, §7.1).
+      False trains the encoder through the hard top-k (straight TopK gradients) in that phase.
+    b1, b2, eps: Adam.
+    grad_clip: global gradient-norm clip (spec: 1.0).
+    seed: PRNG seed for init and for the data order.
+    checkpoint_every: save a checkpoint every this many steps (and at the end).
+    keep_checkpoints: how many recent checkpoints to keep.
+    log_every: append a line to metrics.jsonl every this many steps.
+  """
+
+  steps: int = 5000
+  batch_size: int = 1024
+  lr: float | None = None
+  warmup_frac: float = 0.05
+  decay_start_frac: float = 0.8
+  k_anneal_frac: float = 0.05
+  alpha_anneal_frac: float = 0.1
+  hard_frac: float = 0.05
+  hard_freeze: bool = True
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  grad_clip: float = 1.0
+  seed: int = 0
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  log_every: int = 50
+
+  def __post_init__(self):
+    for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+      if getattr(self, name) < 1:
+        raise ConfigError(f"train.{name} must be >= 1; got {getattr(self, name)}")
+    for name in ("warmup_frac", "decay_start_frac", "k_anneal_frac", "alpha_anneal_frac", "hard_frac"):
+      v = getattr(self, name)
+      if not 0.0 <= v <= 1.0:
+        raise ConfigError(f"train.{name} must be in [0, 1]; got {v}")
+    if self.decay_start_frac < self.warmup_frac:
+      raise ConfigError(
+          f"train.decay_start_frac ({self.decay_start_frac}) must be >= train.warmup_frac ({self.warmup_frac})")
+    if self.lr is not None and not self.lr > 0:
+      raise ConfigError(f"train.lr must be > 0; got {self.lr}")
+
+  def lr_value(self, n_latents: int) -> float:
+    return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """The activation data.
+
+  Attributes:
+    skip_nonfinite: False stops at the first NaN/Inf row, naming shard and row; True masks such
+      rows out of the loss and counts them (metrics.jsonl ``n_skipped``).
+    normalize: divide activations by one scalar norm factor sqrt(mean ||x||^2) estimated from
+      ``norm_sample_rows`` rows (spec §2.4); inference works in raw units.
+    norm_sample_rows: rows sampled (deterministically) to estimate the norm factor.
+    shuffle: a global, per-epoch reshuffle of all rows (grain index_shuffle; O(1) memory).
+    prefetch: batches prepared ahead on a background thread.
+  """
+
+  skip_nonfinite: bool = False
+  normalize: bool = True
+  norm_sample_rows: int = 16384
+  shuffle: bool = True
+  prefetch: int = 2
+
+  def __post_init__(self):
+    if self.norm_sample_rows < 1:
+      raise ConfigError(f"data.norm_sample_rows must be >= 1; got {self.norm_sample_rows}")
+    if self.prefetch < 0:
+      raise ConfigError(f"data.prefetch must be >= 0; got {self.prefetch}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  sae: SaeConfig = dataclasses.field(default_factory=SaeConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  def resolve(self, d_in: int) -> "Config":
+    """Returns the config with ``sae.d_in`` (and F, k_max) made concrete; checks them."""
+    if self.sae.d_in is not None and self.sae.d_in != d_in:
+      raise ConfigError(f"sae.d_in is {self.sae.d_in} but the data has d_model={d_in}")
+    sae = dataclasses.replace(self.sae, d_in=d_in)
+    sae = dataclasses.replace(sae, n_latents=sae.F, k_max=sae.kmax if sae.arch == "softsae" else sae.k_max)
+    return dataclasses.replace(self, sae=sae)
+
+
+_SECTIONS = {"sae": SaeConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _convert(text: str, tp: Any, key: str) -> Any:
+  """Parses ``text`` as type ``tp`` (int, float, bool, str, X | None, tuple[float, ...])."""
+  origin = typing.get_origin(tp)
+  if origin in (typing.Union, types.UnionType):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if text.lower() in ("none", "null"):
+      return None
+    return _convert(text, args[0], key)
+  if origin is tuple:
+    (elem, _) = typing.get_args(tp)
+    parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+    return tuple(_convert(p.strip(), elem, key) for p in parts)
+  if tp is bool:
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise ConfigError(f"{key}: expected true or false, got {text!r}")
+  if tp is int:
+    try:
+      v = float(text)
+    except ValueError:
+      raise ConfigError(f"{key}: expected an integer, got {text!r}") from None
+    if not v.is_integer():
+      raise ConfigError(f"{key}: expected an integer, got {text!r}")
+    return int(v)
+  if tp is float:
+    try:
+      return float(text)
+    except ValueError:
+      raise ConfigError(f"{key}: expected a number, got {text!r}") from None
+  return text
+
+
+def _field_types(cls) -> dict[str, Any]:
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def known_keys() -> list[str]:
+  return [f"{s}.{n}" for s, cls in _SECTIONS.items() for n in _field_types(cls)]
+
+
+def _check_key(key: str) -> tuple[str, str, Any]:
+  if "." not in key:
+    raise ConfigError(f"unknown config key {key!r}: expected section.key, e.g. sae.k")
+  section, name = key.split(".", 1)
+  if section not in _SECTIONS:
+    raise ConfigError(f"unknown config section {section!r} in {key!r}: expected one of sae, train, data")
+  fields = _field_types(_SECTIONS[section])
+  if name not in fields:
+    close = [k for k in fields if k.startswith(name[:3])]
+    hint = f" (did you mean {', '.join(section + '.' + c for c in close)}?)" if close else ""
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+  return section, name, fields[name]
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+  """Applies ``section.key=value`` strings; raises ConfigError naming the key on any problem."""
+  changes: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+  for item in overrides:
+    if "=" not in item:
+      raise ConfigError(f"--set expects section.key=value, got {item!r}")
+    key, text = item.split("=", 1)
+    section, name, tp = _check_key(key.strip())
+    changes[section][name] = _convert(text.strip(), tp, key.strip())
+  return _replace(cfg, changes)
+
+
+def _replace(cfg: Config, changes: dict[str, dict[str, Any]]) -> Config:
+  kwargs = {}
+  for section, vals in changes.items():
+    current = getattr(cfg, section)
+    kwargs[section] = dataclasses.replace(current, **vals) if vals else current
+  return Config(**kwargs)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+  """Builds a Config from ``to_dict`` output; unknown keys raise ConfigError naming them."""
+  changes: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+  for section, vals in d.items():
+    if section not in _SECTIONS:
+      raise ConfigError(f"unknown config section {section!r}: expected one of sae, train, data")
+    for name, v in vals.items():
+      _, _, tp = _check_key(f"{section}.{name}")
+      if isinstance(v, list):
+        v = tuple(v)
+      changes[section][name] = v
+  return _replace(Config(), changes)
+
+
+def load_config_file(path: str) -> Config:
+  """Loads a Python config file (``get_config() -> Config``) or a JSON file (``to_dict`` layout)."""
+  import importlib.util
+  import os
+
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path} not found")
+  if path.endswith(".json"):
+    with open(path) as f:
+      try:
+        return from_dict(json.load(f))
+      except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+  spec = importlib.util.spec_from_file_location("_softsae_user_config", path)
+  if spec is None or spec.loader is None:
+    raise ConfigError(f"config file {path}: expected a .py file with get_config() or a .json file")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path} has no get_config() function")
+  cfg = module.get_config()
+  if not isinstance(cfg, Config):
+    raise ConfigError(f"config file {path}: get_config() must return softsae_jax.config.Config, got {type(cfg).__name__}")
+  return cfg
+
+
+def diff(a: Config, b: Config) -> list[str]:
+  """Keys whose values differ between two configs, as 'section.key: a -> b'."""
+  out = []
+  da, db = a.to_dict(), b.to_dict()
+  for section in da:
+    for name in da[section]:
+      va, vb = da[section][name], db[section][name]
+      if isinstance(va, list):
+        va = tuple(va)
+      if isinstance(vb, list):
+        vb = tuple(vb)
+      if va != vb:
+        out.append(f"{section}.{name}: {va!r} -> {vb!r}")
+  return out
