@@ -1,0 +1,465 @@
+"""Hard and soft (LapSum) top-k selection over the last axis.
+
+Dimension key: ``B`` rows (all leading dims of the input flattened), ``F`` entries per row (latents),
+``M`` candidates per row on the fast path (``lax.top_k``), ``K`` the static ``max_k`` bound.
+
+The soft operator is LapSum (Struski, Bednarczyk, Podolak, Tabor, "LapSum -- One Method to
+Differentiate Them All: Ranking, Sorting and Top-k Selection", ICML 2025, arXiv 2503.06242) as used by
+SoftSAE (Stępień, Mazur, Tabor, Spurek, arXiv 2605.06610). With ``L`` the standard Laplace CDF and
+``a > 0`` the scale, each row gets the weights ``w_j = L((x_j - b) / a)`` with the scalar threshold ``b``
+solved exactly so that ``sum_j w_j = k``.
+
+How the threshold is solved (``_solve_threshold``). Sort the relevant entries of a row descending,
+``s_1 >= ... >= s_M``; with the gaps ``d_m = s_m - s_{m+1}`` and ``E_m = exp(-d_m / a) <= 1`` the head
+and tail sums
+
+    U_m = sum_{i <= m} exp(-(s_i - s_m) / a),   V_m = sum_{i >= m} exp(-(s_m - s_i) / a)
+
+follow the affine recursions ``U_{m+1} = 1 + E_m U_m`` and ``V_m = 1 + E_m V_{m+1}`` (every multiplier
+<= 1, so an associative scan is stable; ``logcumsumexp(-s/a) - s_m/a`` is not, at a = 1e-4 in float32).
+The knot values ``G(s_m) = m - 1/2 + (V_m - U_m)/2`` increase with ``m``; between two knots the equation
+is a quadratic in ``exp(b/a)`` whose cancellation-free root is evaluated in log space, so that a gap of
+thousands of ``a`` (where ``exp(-d/a)`` underflows, e.g. an integer ``k`` with the threshold in the middle
+of a gap) still gives the right threshold.
+
+Candidates plus a tail. Once ``b >= s_M`` every entry below the candidates is on the left branch of
+``L`` and contributes ``exp((x_j - b)/a) / 2``; all of them together contribute
+``exp(tail_lse) * exp((s_M - b)/a) / 2`` with the single per-row scalar
+``tail_lse = log sum_{tail} exp((x_j - s_M)/a)``. So a row's threshold is determined exactly by its top-M
+values and that scalar, whenever ``k <= G(s_M)``. The solve takes ``(cand_BM, tail_lse_B)`` as inputs,
+which is also what a latent-sharded layout can produce from per-shard reductions plus a gather of
+``M`` values per shard. Rows with ``k > G(s_M)`` (threshold below the candidates: many near-ties at the
+candidate boundary, or ``k`` above ``max_k``) are detected and the whole batch is then recomputed on the
+exact full-sort path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["soft_topk", "hard_topk_mask", "hard_topk"]
+
+# Extra candidates beyond max_k on the fast path: a few near-ties at the candidate boundary then do
+# not force the full-sort fallback.
+_EXTRA_CANDIDATES = 8
+
+
+def _compute_dtype(dtype) -> jnp.dtype:
+  """float64 stays float64 (only possible with x64 enabled); every other float computes in float32."""
+  return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
+
+
+def _check_x(x, name: str = "x"):
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"Expected {name} to be a floating array [..., F], got dtype {x.dtype}.")
+  if x.ndim < 1 or x.shape[-1] < 1:
+    raise ValueError(f"Expected {name} of shape [..., F] with F >= 1, got {x.shape}.")
+  return x
+
+
+def _check_max_k(max_k, num_f: int) -> int:
+  if isinstance(max_k, bool) or not isinstance(max_k, (int, np.integer)):
+    raise TypeError(f"Expected max_k to be a static Python int, got {type(max_k).__name__}.")
+  if max_k < 0:
+    raise ValueError(f"Expected max_k >= 0, got {max_k}.")
+  if max_k > num_f:
+    raise ValueError(f"Expected max_k <= F={num_f}, got {max_k}.")
+  return int(max_k)
+
+
+def _rows_k(k, lead_shape: tuple[int, ...], dtype) -> jax.Array:
+  """k [...] (or a scalar, broadcast to every row) -> k_B in dtype."""
+  k = jnp.asarray(k)
+  if k.ndim == 0:
+    k = jnp.broadcast_to(k, lead_shape)
+  if k.shape != lead_shape:
+    raise ValueError(f"Expected k of shape x.shape[:-1]={lead_shape} (or a scalar), got {k.shape}.")
+  return k.astype(dtype).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hard top-k.
+
+
+def hard_topk_mask(x, k, *, max_k: int):
+  """Boolean mask of the ``floor(k)`` largest entries of each row.
+
+  Args:
+    x: ``[..., F]`` floating scores.
+    k: ``[...]`` per-row count (or a scalar for every row). May be a float array: ``floor(k)`` is
+      taken, then clipped to ``[0, max_k]``.
+    max_k: static Python int, ``0 <= max_k <= F``, an upper bound on ``k`` over all rows (the size
+      of the ``lax.top_k`` call).
+
+  Returns:
+    ``[..., F]`` bool mask with exactly ``clip(floor(k), 0, max_k)`` True entries per row. Ties are
+    broken in ``lax.top_k`` order (the lower index first). NaN entries sort as the largest.
+
+  Raises:
+    TypeError: ``x`` is not floating or ``max_k`` is not an int.
+    ValueError: wrong shapes, or ``max_k`` outside ``[0, F]``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> hard_topk_mask(jnp.array([[3., 1., 2.], [0., 5., 4.]]), jnp.array([2, 1]), max_k=2)
+    Array([[ True, False,  True],
+           [False,  True, False]], dtype=bool)
+  """
+  x = _check_x(x)
+  num_f = x.shape[-1]
+  max_k = _check_max_k(max_k, num_f)
+  lead_shape = x.shape[:-1]
+  k_B = _rows_k(k, lead_shape, jnp.float32 if not jnp.issubdtype(jnp.asarray(k).dtype, jnp.integer)
+                else jnp.int32)
+  num_b = k_B.shape[0]
+  if max_k == 0 or num_b == 0:
+    return jnp.zeros(x.shape, bool)
+  count_B = jnp.clip(jnp.floor(k_B), 0, max_k).astype(jnp.int32)
+  # lax.top_k on bf16/f16 is far slower than on f32 on CPU; the up-cast is exact, so order and ties
+  # are unchanged.
+  x_BF = x.reshape(num_b, num_f).astype(_compute_dtype(x.dtype))
+  _, idx_BK = lax.top_k(x_BF, max_k)
+  keep_BK = jnp.arange(max_k, dtype=jnp.int32)[None, :] < count_B[:, None]
+  rows_BK = jnp.broadcast_to(jnp.arange(num_b)[:, None], idx_BK.shape)
+  mask_BF = jnp.zeros((num_b, num_f), bool).at[rows_BK, idx_BK].set(keep_BK, unique_indices=True)
+  return mask_BF.reshape(x.shape)
+
+
+def hard_topk(x, k, *, max_k: int):
+  """Keep the ``floor(k)`` largest entries of each row, zero the rest.
+
+  Args:
+    x: ``[..., F]`` floating scores.
+    k: ``[...]`` per-row count (or a scalar), see ``hard_topk_mask``.
+    max_k: static Python int bound on ``k``, see ``hard_topk_mask``.
+
+  Returns:
+    ``[..., F]`` array, same dtype as ``x``: ``x`` where selected, 0 elsewhere. Differentiable in
+    ``x`` (gradient 1 on the selected entries).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> hard_topk(jnp.array([[3., 1., 2.]]), jnp.array([2.7]), max_k=3)
+    Array([[3., 0., 2.]], dtype=float32)
+  """
+  x = _check_x(x)
+  mask = hard_topk_mask(x, k, max_k=max_k)
+  return jnp.where(mask, x, jnp.zeros((), x.dtype))
+
+
+# --------------------------------------------------------------------------------------------------
+# Soft top-k: the threshold solve.
+
+
+def _affine_scan(mult_BM, add_BM):
+  """y_m = mult_m * y_{m-1} + add_m along axis 1, from y_1 = add_1 (callers pass mult_1 = 0)."""
+
+  def combine(first, second):
+    mult_a, add_a = first
+    mult_b, add_b = second
+    return mult_b * mult_a, mult_b * add_a + add_b
+
+  _, y_BM = lax.associative_scan(combine, (mult_BM, add_BM), axis=1)
+  return y_BM
+
+
+def _finite_bounds(dtype):
+  """(R, G): entries are clipped to [-R, R] (so +-inf act as huge ties and x - anchor never
+  overflows) and scaled gaps d/a are capped at G (so log-space quantities stay finite)."""
+  fmax = float(jnp.finfo(dtype).max)
+  return fmax / 4, fmax / 16
+
+
+def _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, *, complete: bool):
+  """Solves sum_j L((x_j - b)/a) = k per row from the row's top-M values and its tail.
+
+  Args:
+    cand_BM: the M largest entries of each row, sorted descending, finite (clipped to [-R, R]).
+    tail_lse_B: ``log sum_{j in tail} exp((x_j - s_M)/a)`` over the entries not among the candidates
+      (all ``<= s_M``), relative to the smallest candidate ``s_M`` and in units of ``a``; ``-inf``
+      for an empty tail. Relative units keep it exact to float precision at any offset of ``x``.
+    k_B: per-row target, ``0 < k < F`` for rows whose result is used.
+    inv_a: ``1 / a``, 0-d.
+    complete: True when the candidates are the whole row (then the threshold may fall below s_M).
+
+  Returns:
+    ``(anchor_B, beta_B, tmin_B, pivot_B, outside_B)``: the threshold is ``b = anchor + a * beta``
+    with ``anchor`` a candidate next to ``b`` (so ``(x_j - anchor)/a - beta`` keeps full precision for
+    the entries next to the threshold); ``tmin = min_j |x_j - b|/a`` (the largest Laplace density is
+    ``exp(-tmin) / (2a)``), attained at candidate position ``pivot`` (int32); ``outside`` marks rows whose threshold lies below ``s_M`` and were solved
+    incorrectly (only possible when ``complete`` is False).
+  """
+  dtype = cand_BM.dtype
+  num_b, num_m = cand_BM.shape
+  _, gap_cap = _finite_bounds(dtype)
+  log2 = math.log(2.0)
+
+  # Scaled gaps d_m / a >= 0 and E_m = exp(-d_m / a) in (0, 1].
+  gap_BM1 = jnp.minimum((cand_BM[:, :-1] - cand_BM[:, 1:]) * inv_a, gap_cap)
+  ones_BM = jnp.ones_like(cand_BM)
+  if num_m > 1:
+    decay_BM1 = jnp.exp(-gap_BM1)
+    zero_B1 = jnp.zeros((num_b, 1), dtype)
+    head_BM = _affine_scan(jnp.concatenate([zero_B1, decay_BM1], axis=1), ones_BM)  # U_m
+    # V_M = 1 + W, V_m = 1 + E_m V_{m+1}: the same scan over the reversed rows.
+    tail_add_BM = ones_BM.at[:, -1].add(jnp.exp(tail_lse_B))
+    tail_BM = jnp.flip(_affine_scan(jnp.concatenate([zero_B1, jnp.flip(decay_BM1, 1)], axis=1),
+                                    jnp.flip(tail_add_BM, 1)), 1)  # V_m
+  else:
+    head_BM = ones_BM
+    tail_BM = ones_BM + jnp.exp(tail_lse_B)[:, None]
+
+  # Knot values G(s_m), increasing in m; count = number of knots <= k.
+  m_M = jnp.arange(1, num_m + 1, dtype=dtype)
+  knot_BM = (m_M[None, :] - 0.5) + 0.5 * (tail_BM - head_BM)
+  count_B = jnp.sum(knot_BM <= k_B[:, None], axis=1, dtype=jnp.int32)
+
+  # Above the largest entry (count == 0): b = s_1 + a log(V_1 / 2k), i.e. w = k softmax(x/a).
+  top_anchor_B = cand_BM[:, 0]
+  top_beta_B = jnp.log(tail_BM[:, 0]) - log2 - jnp.log(k_B)
+  # Below the smallest entry (count == M, complete rows only): b = s_M + a log(2(M - k) / U_M).
+  bot_anchor_B = cand_BM[:, -1]
+  bot_beta_B = jnp.log(2.0 * (num_m - k_B)) - jnp.log(head_BM[:, -1])
+
+  if num_m > 1:
+    # Between knots c and c+1 (c entries above b): the root of the quadratic in u = exp((b - s_c)/a),
+    # log(D + sqrt(D^2 + U_c V_{c+1} E_c)) evaluated with every exponent <= 0.
+    c_B = jnp.clip(count_B, 1, num_m - 1)
+    lo_B1 = (c_B - 1)[:, None]
+    hi_B1 = c_B[:, None]
+    take = lambda a_BM, i_B1: jnp.take_along_axis(a_BM, i_B1, axis=1)[:, 0]
+    s_hi_B, s_lo_B = take(cand_BM, lo_B1), take(cand_BM, hi_B1)  # s_c >= s_{c+1}
+    log_u_B = jnp.log(take(head_BM, lo_B1))  # log U_c
+    log_v_B = jnp.log(take(tail_BM, hi_B1))  # log V_{c+1}
+    log_e_B = -take(gap_BM1, lo_B1)  # log E_c
+    c_f_B = c_B.astype(dtype)
+    diff_B = jnp.abs(k_B - c_f_B)
+    log_d_B = jnp.log(diff_B)  # -inf when k == c
+    half_B = 0.5 * (log_u_B + log_v_B + log_e_B)  # log sqrt(U V E)
+    ref_B = jnp.maximum(log_d_B, half_B)
+    scaled_d_B = jnp.exp(log_d_B - ref_B)
+    root_B = ref_B + jnp.log(scaled_d_B + jnp.sqrt(scaled_d_B**2 + jnp.exp(2.0 * (half_B - ref_B))))
+    below_B = k_B <= c_f_B  # b in the upper part: anchor s_c, beta = Lambda - log U_c
+    mid_anchor_B = jnp.where(below_B, s_hi_B, s_lo_B)
+    mid_beta_B = jnp.where(below_B, root_B - log_u_B, log_v_B - root_B)
+    anchor_B = jnp.where(count_B == 0, top_anchor_B, mid_anchor_B)
+    beta_B = jnp.where(count_B == 0, top_beta_B, mid_beta_B)
+  else:
+    anchor_B, beta_B = top_anchor_B, top_beta_B
+
+  bottom_B = count_B >= num_m
+  if complete:
+    anchor_B = jnp.where(bottom_B, bot_anchor_B, anchor_B)
+    beta_B = jnp.where(bottom_B, bot_beta_B, beta_B)
+    outside_B = jnp.zeros_like(bottom_B)
+  else:
+    # k == G(s_M) is still solved exactly (b = s_M) by the last interval's root.
+    outside_B = k_B > knot_BM[:, -1]
+
+  # Closest entry to b in units of a: the candidates bracket b, and tail entries lie below s_M <= b.
+  dist_BM = jnp.abs((cand_BM - anchor_B[:, None]) * inv_a - beta_B[:, None])
+  pivot_B = jnp.argmin(dist_BM, axis=1).astype(jnp.int32)
+  tmin_B = jnp.take_along_axis(dist_BM, pivot_B[:, None], axis=1)[:, 0]
+  return anchor_B, beta_B, tmin_B, pivot_B, outside_B
+
+
+def _laplace_t(x_BF, anchor_B, beta_B, inv_a):
+  """t = (x - b)/a with b = anchor + a beta; x clipped to [-R, R] so +-inf act as extreme ties."""
+  bound, _ = _finite_bounds(x_BF.dtype)
+  x_BF = jnp.clip(x_BF, -bound, bound)
+  return (x_BF - anchor_B[:, None]) * inv_a - beta_B[:, None]
+
+
+def _full_threshold(x_BF, k_B, inv_a):
+  """Exact path: the sorted row is the candidate set (O(F log F) per row)."""
+  bound, _ = _finite_bounds(x_BF.dtype)
+  iota_BF = lax.broadcasted_iota(jnp.int32, x_BF.shape, 1)
+  neg_sorted_BF, order_BF = lax.sort((-x_BF, iota_BF), dimension=1, num_keys=1)  # NaN sorts last
+  sorted_BF = -neg_sorted_BF  # descending
+  nan_B = jnp.isnan(sorted_BF[:, -1])
+  sorted_BF = jnp.clip(sorted_BF, -bound, bound)
+  empty_tail_B = jnp.full(k_B.shape, -jnp.inf, x_BF.dtype)
+  anchor_B, beta_B, tmin_B, pivot_B, _ = _solve_threshold(sorted_BF, empty_tail_B, k_B, inv_a,
+                                                          complete=True)
+  pivot_B = jnp.take_along_axis(order_BF, pivot_B[:, None], axis=1)[:, 0]
+  return anchor_B, beta_B, tmin_B, pivot_B, nan_B
+
+
+def _fast_threshold(x_BF, k_B, inv_a, num_m: int):
+  """Top-M candidates + one tail log-sum-exp per row; exact full path if any row needs it."""
+  bound, _ = _finite_bounds(x_BF.dtype)
+  cand_BM, index_BM = lax.top_k(x_BF, num_m)
+  cand_nan_B = jnp.any(jnp.isnan(cand_BM), axis=1)
+  cand_BM = jnp.clip(cand_BM, -bound, bound)
+  last_B1 = cand_BM[:, -1:]
+  # One exp-and-sum pass: entries <= s_M contribute exp((x - s_M)/a) (ties at s_M count 1, NaN
+  # propagates); the candidates tied with s_M are then taken out again.
+  x_clip_BF = jnp.clip(x_BF, -bound, bound)
+  term_BF = jnp.where(x_clip_BF > last_B1, 0.0, jnp.exp((x_clip_BF - last_B1) * inv_a))
+  below_sum_B = jnp.sum(term_BF, axis=1)
+  ties_in_cand_B = jnp.sum(cand_BM == last_B1, axis=1, dtype=x_BF.dtype)
+  tail_lse_B = jnp.log(jnp.maximum(below_sum_B - ties_in_cand_B, 0.0))
+  nan_B = cand_nan_B | jnp.isnan(below_sum_B)
+  anchor_B, beta_B, tmin_B, pivot_B, outside_B = _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a,
+                                                                  complete=False)
+  pivot_B = jnp.take_along_axis(index_BM, pivot_B[:, None], axis=1)[:, 0]
+  num_f = x_BF.shape[1]
+  needs_full = jnp.any(outside_B & (k_B > 0) & (k_B < num_f) & ~nan_B)
+  return lax.cond(needs_full,
+                  lambda: _full_threshold(x_BF, k_B, inv_a),
+                  lambda: (anchor_B, beta_B, tmin_B, pivot_B, nan_B))
+
+
+def _candidate_count(max_k: int | None, num_f: int) -> int | None:
+  """Size M of the fast path's candidate set, or None for the full-sort path."""
+  if max_k is None:
+    return None
+  num_m = max_k + _EXTRA_CANDIDATES
+  return None if num_m >= num_f else num_m
+
+
+def _soft_topk_fwd_impl(x_BF, k_B, alpha, num_m):
+  num_f = x_BF.shape[1]
+  valid_alpha = alpha > 0
+  inv_a = jnp.where(valid_alpha, 1.0 / alpha, jnp.nan).astype(x_BF.dtype)
+  if num_m is None:
+    anchor_B, beta_B, tmin_B, pivot_B, nan_B = _full_threshold(x_BF, k_B, inv_a)
+  else:
+    anchor_B, beta_B, tmin_B, pivot_B, nan_B = _fast_threshold(x_BF, k_B, inv_a, num_m)
+  nan_B = nan_B | jnp.isnan(k_B) | ~valid_alpha
+  zeros_B = (k_B <= 0) & ~nan_B
+  ones_B = (k_B >= num_f) & ~nan_B
+  beta_B = jnp.where(nan_B, jnp.nan, beta_B)
+  t_BF = _laplace_t(x_BF, anchor_B, beta_B, inv_a)
+  half_exp_BF = 0.5 * jnp.exp(-jnp.abs(t_BF))
+  w_BF = jnp.where(t_BF > 0, 1.0 - half_exp_BF, half_exp_BF)
+  w_BF = jnp.where(zeros_B[:, None], 0.0, jnp.where(ones_B[:, None], 1.0, w_BF))
+  interior_B = ~(zeros_B | ones_B)
+  return w_BF, (x_BF, anchor_B, beta_B, tmin_B, pivot_B, interior_B, inv_a)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _soft_topk_rows(x_BF, k_B, alpha, num_m):
+  return _soft_topk_fwd_impl(x_BF, k_B, alpha, num_m)[0]
+
+
+def _soft_topk_rows_fwd(x_BF, k_B, alpha, num_m):
+  return _soft_topk_fwd_impl(x_BF, k_B, alpha, num_m)
+
+
+def _soft_topk_rows_bwd(num_m, res, v_BF):
+  """Implicit differentiation of sum_j L((x_j - b)/a) = k (LapSum, spec section 1.5)."""
+  del num_m
+  x_BF, anchor_B, beta_B, tmin_B, pivot_B, interior_B, inv_a = res
+  t_BF = _laplace_t(x_BF, anchor_B, beta_B, inv_a)
+  abs_t_BF = jnp.abs(t_BF)
+  # Densities relative to the largest one (every exponent <= 0, the largest term is 1): their ratio
+  # S = sum v q / sum q survives when every q itself underflows (threshold deep inside a gap).
+  # S is accumulated as an offset from v at the densest entry (the pivot): when one entry carries
+  # nearly all the density, v_pivot - S is then exact instead of a float32 cancellation.
+  rel_BF = jnp.exp(tmin_B[:, None] - abs_t_BF)
+  v_pivot_B1 = jnp.take_along_axis(v_BF, pivot_B[:, None], axis=1)
+  dv_BF = v_BF - v_pivot_B1
+  offset_B1 = (jnp.sum(dv_BF * rel_BF, axis=1) / jnp.sum(rel_BF, axis=1))[:, None]
+  slope_B = v_pivot_B1[:, 0] + offset_B1[:, 0]  # S = dL/dk
+  q_BF = (0.5 * inv_a) * jnp.exp(-abs_t_BF)  # Laplace pdf of (x - b)/a, divided by a
+  dx_BF = jnp.where(interior_B[:, None], q_BF * (dv_BF - offset_B1), 0.0)
+  dk_B = jnp.where(interior_B, slope_B, 0.0)
+  # dL/da = -(1/a) sum_j v_j q_j (x_j - X) = -sum_j dx_j t_j (sum_j dx_j = 0 absorbs the shift).
+  da = -jnp.sum(jnp.where(dx_BF == 0, 0.0, dx_BF * t_BF))
+  return dx_BF, dk_B, da.astype(inv_a.dtype)
+
+
+_soft_topk_rows.defvjp(_soft_topk_rows_fwd, _soft_topk_rows_bwd)
+
+
+def soft_topk(x, k, alpha, *, max_k: int | None = None):
+  r"""LapSum soft top-k: weights in [0, 1] per row that sum exactly to ``k``.
+
+  For each row ``x`` (last axis, ``F`` entries) and target ``k``, returns
+
+      w_j = L((x_j - b) / alpha),   L(t) = e^t / 2 (t <= 0),  1 - e^{-t} / 2 (t > 0),
+
+  the Laplace CDF, with the threshold ``b`` solved exactly (closed form between sorted knots, in log
+  space) so that ``sum_j w_j = k``. Larger ``x_j`` gives larger ``w_j``; tied entries get identical
+  weights. ``alpha`` is the Laplace scale: **smaller alpha is harder**. As ``alpha -> 0`` (distinct
+  values) the ``floor(k)`` largest entries get 1, the next one gets ``frac(k)``, the rest 0. When
+  ``k <= sum_j exp((x_j - max x)/alpha) / 2`` (large alpha or small k) the result is exactly
+  ``k * softmax(x / alpha)``.
+
+  Args:
+    x: ``[..., F]`` floating scores. float16/bfloat16/float32 compute in float32; float64 (with
+      ``jax_enable_x64``) computes in float64. The result has the dtype of ``x``.
+    k: ``[...]`` per-row real target (or a scalar for every row), normally ``0 < k < F``.
+    alpha: scale ``> 0``: a Python float or a 0-d array. It is a traced argument, so an annealed alpha
+      never recompiles a jitted caller. ``alpha <= 0`` gives NaN weights.
+    max_k: optional static Python int upper bound on ``k`` over all rows (e.g. SoftSAE's ``k_max``).
+      When given, the forward uses the ``max_k + 8`` largest entries of each row (``lax.top_k``)
+      plus one log-sum-exp of the remaining entries per row instead of sorting full rows: exact
+      whenever the threshold lies at or above the smallest candidate. Rows where it does not (many
+      near-ties at the candidate boundary, or ``k > max_k``) are detected and then the whole batch
+      is recomputed on the exact full-sort path inside a ``lax.cond``, so ``max_k`` affects only
+      speed, never the result. Under ``jax.vmap`` that ``cond`` becomes a ``select`` that runs both
+      paths: pass batched ``[..., F]`` arrays directly instead of vmapping. ``None`` (default): the
+      exact full-sort path (O(F log F) per row, slow on CPU).
+
+  Returns:
+    ``[..., F]`` weights in ``[0, 1]``, dtype of ``x``, with ``sum_j w_j = k`` per row.
+
+  Edge cases (all defined, none raises inside jit):
+    * ``k <= 0``: all zeros (the limit); gradients 0.
+    * ``k >= F``: all ones; gradients 0.
+    * Ties and constant rows are exact: an all-zero (or constant) row gives ``k / F`` everywhere.
+    * ``+inf`` / ``-inf`` entries behave as ties at an extreme value: with ``p`` entries at ``+inf``,
+      they get weight 1 if ``p < k`` (the finite entries share ``k - p``), else ``k / p`` each and the
+      rest 0; ``-inf`` entries get 0 unless ``k`` exceeds the number of other entries, in which case
+      they share the remainder equally.
+    * NaN in a row of ``x`` (or a NaN ``k``) makes that row's weights NaN; other rows are unaffected.
+
+  Gradients (custom VJP by implicit differentiation, LapSum section 1.5): with ``v = dL/dw``,
+  ``q_j = exp(-|x_j - b|/alpha) / (2 alpha)`` (the Laplace density at the solution) and
+  ``S = sum_j v_j q_j / sum_j q_j``:
+
+      dL/dx_j = q_j (v_j - S),   dL/dk = S,   dL/dalpha = -sum_j q_j (v_j - S) (x_j - b) / alpha.
+
+  ``S`` is computed relative to the largest density, so ``dL/dk`` stays correct (the density-weighted
+  mean of ``v`` next to the threshold) even when every ``q_j`` underflows, e.g. an integer ``k`` with
+  the threshold in a gap of thousands of ``alpha``; there ``dL/dx`` is genuinely ~0. ``dL/dalpha``
+  is the true derivative w.r.t. the positive scale (not the reference kernel's derivative w.r.t. the
+  negated alpha). Edge-case rows (``k <= 0``, ``k >= F``) get zero gradients.
+
+  References:
+    Struski, Bednarczyk, Podolak, Tabor, "LapSum -- One Method to Differentiate Them All: Ranking,
+    Sorting and Top-k Selection", ICML 2025, arXiv 2503.06242. Stępień, Mazur, Tabor, Spurek,
+    "SoftSAE: Dynamic Top-K Selection for Adaptive Sparse Autoencoders", arXiv 2605.06610.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[3.0, 1.0, 2.0, 0.0]])
+    >>> w = soft_topk(x, jnp.array([2.5]), 1e-3)
+    >>> print(jnp.round(w, 3))
+    [[1.  0.5 1.  0. ]]
+    >>> print(jnp.round(soft_topk(x, jnp.array([2.5]), 1e-3, max_k=3), 3))
+    [[1.  0.5 1.  0. ]]
+    >>> print(jnp.round(soft_topk(x, jnp.array([2.0]), 1.0).sum(), 4))
+    2.0
+  """
+  x = _check_x(x)
+  lead_shape, num_f = x.shape[:-1], x.shape[-1]
+  if max_k is not None:
+    max_k = _check_max_k(max_k, num_f)
+  cdtype = _compute_dtype(x.dtype)
+  k_B = _rows_k(k, lead_shape, cdtype)
+  alpha = jnp.asarray(alpha)
+  if alpha.ndim != 0:
+    raise ValueError(f"Expected alpha to be a scalar (0-d), got shape {alpha.shape}.")
+  x_BF = x.reshape(-1, num_f).astype(cdtype)
+  w_BF = _soft_topk_rows(x_BF, k_B, alpha.astype(cdtype), _candidate_count(max_k, num_f))
+  return w_BF.astype(x.dtype).reshape(x.shape)
