@@ -26,7 +26,7 @@ class Params(NamedTuple):
   b_enc: Array  # [F]
   w_dec: Array  # [F, D]; rows are unit-norm dictionary atoms
   b_dec: Array  # [D]
-  # k-estimator MLP D -> F -> 1 (SoftSAE only; zero-size arrays for the other archs so every
+  # k-estimator MLP D -> F -> 1 (SoftSAE only; size-1 placeholders for the other archs so every
   # checkpoint has the same tree structure).
   w_k1: Array  # [D, F]
   b_k1: Array  # [F]

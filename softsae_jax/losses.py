@@ -1,0 +1,94 @@
+"""Loss terms and batch metrics (float32). Every reduction takes a row weight ``valid_B`` (1 for a
+row that counts, 0 for a masked non-finite row) so shapes stay static under jit.
+
+References: SOFTSAE_SPEC.md §3.1 (loss), §3.2 (AuxK, from Gao et al. arXiv 2406.04093), §5.1 (FVU).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from softsae_jax.types import Params
+
+
+def _n(valid_B):
+  return jnp.maximum(valid_B.sum(), 1.0)
+
+
+def recon_loss(x_BD, recon_BD, valid_B):
+  """mean_b ||x_b - recon_b||^2 (summed over D, averaged over valid rows), spec §3.1."""
+  e2_B = jnp.sum(jnp.square(x_BD - recon_BD), axis=1)
+  return jnp.sum(e2_B * valid_B) / _n(valid_B)
+
+
+def fvu(x_BD, recon_BD, valid_B):
+  """Fraction of variance unexplained: sum ||x - recon||^2 / sum ||x - mean_b x||^2."""
+  n = _n(valid_B)
+  mean_D = jnp.sum(x_BD * valid_B[:, None], axis=0) / n
+  tot = jnp.sum(jnp.square(x_BD - mean_D[None, :]) * valid_B[:, None])
+  err = jnp.sum(jnp.square(x_BD - recon_BD) * valid_B[:, None])
+  return err / jnp.maximum(tot, 1e-30)
+
+
+def k_budget_loss(k_B, budget, beta, valid_B):
+  """softplus_beta(mean_b k_b - budget) = log(1 + exp(beta * delta)) / beta, spec §3.1."""
+  delta = jnp.sum(k_B * valid_B) / _n(valid_B) - budget
+  return jax.nn.softplus(beta * delta) / beta
+
+
+def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B):
+  """AuxK: reconstruct the residual from the k_aux largest activations of dead latents.
+
+  ``pre_BF`` are post-ReLU activations before top-k; ``err_BD`` the residual x - recon (its
+  gradient is stopped here). k_aux is static; when fewer latents are dead, only the first
+  ``n_dead`` ranks count (a mask, not a shape). Normalised by the residual's total variance;
+  0 when nothing is dead (and then not computed at all), NaN mapped to 0 (spec §3.2).
+  """
+  err_BD = jax.lax.stop_gradient(err_BD)
+  n_dead = dead_F.sum()
+
+  def compute(_):
+    masked_BF = jnp.where(dead_F[None, :], pre_BF, -jnp.inf)
+    vals_BK, idx_BK = jax.lax.top_k(masked_BF, k_aux)
+    keep_K = jnp.arange(k_aux) < n_dead
+    vals_BK = jnp.where(keep_K[None, :] & jnp.isfinite(vals_BK), vals_BK, 0.0)
+    # Decode without b_dec: sum_k vals[b, k] * w_dec[idx[b, k]].
+    aux_BD = jnp.einsum("bk,bkd->bd", vals_BK, params.w_dec[idx_BK])
+    n = _n(valid_B)
+    num = jnp.sum(jnp.sum(jnp.square(err_BD - aux_BD), axis=1) * valid_B) / n
+    mean_D = jnp.sum(err_BD * valid_B[:, None], axis=0) / n
+    den = jnp.sum(jnp.sum(jnp.square(err_BD - mean_D[None, :]), axis=1) * valid_B) / n
+    out = num / den
+    return jnp.where(jnp.isfinite(out), out, 0.0)
+
+  return jax.lax.cond(n_dead > 0, compute, lambda _: jnp.zeros((), jnp.float32), None)
+
+
+def l1_penalty(acts_BF, w_dec_FD, valid_B):
+  """mean_b sum_j |f_bj| * ||w_dec_j|| (the decoder-norm-weighted L1; norms are 1 after projection)."""
+  norms_F = jnp.linalg.norm(w_dec_FD, axis=1)
+  return jnp.sum(jnp.sum(jnp.abs(acts_BF) * norms_F[None, :], axis=1) * valid_B) / _n(valid_B)
+
+
+def matryoshka_loss(params: Params, x_BD, acts_BF, group_sizes: tuple[int, ...], valid_B):
+  """Mean over nested prefixes g of ||x - (b_dec + sum_{g' <= g} W_dec,g' f_g')||^2 (spec §4).
+
+  The reference divides by the number of groups twice (weights 1/G, then a mean; SOFTSAE_SPEC §7.16),
+  which only shrinks the reconstruction relative to AuxK; we divide once. Returns
+  (loss, full reconstruction).
+  """
+  partial = []
+  lo = 0
+  for size in group_sizes:
+    partial.append(acts_BF[:, lo:lo + size] @ params.w_dec[lo:lo + size])
+    lo += size
+  cum_GBD = jnp.cumsum(jnp.stack(partial), axis=0) + params.b_dec[None, None, :]
+  e2_GB = jnp.sum(jnp.square(x_BD[None] - cum_GBD), axis=2)
+  loss = jnp.mean(jnp.sum(e2_GB * valid_B[None, :], axis=1) / _n(valid_B))
+  return loss, cum_GBD[-1]
+
+
+def l0(acts_BF, valid_B):
+  """Mean number of nonzero latents per valid row."""
+  return jnp.sum((acts_BF != 0).sum(axis=1) * valid_B) / _n(valid_B)

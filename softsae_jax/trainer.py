@@ -1,0 +1,176 @@
+"""``softsae train``: the training run around the jitted step — workdir, resume, logging, checkpoints.
+
+A workdir holds ``config.json`` (the resolved config), ``run.json`` (what data it was trained on),
+``metrics.jsonl`` and ``checkpoints/``. Everything is checked (data, config, workdir) before
+anything is written, so a failed command never touches an existing run. The same command on an
+existing workdir resumes from the latest complete checkpoint; since the batch of step ``s`` is a
+pure function of (seed, s) and the state holds everything else, the resumed run ends at exactly the
+model an uninterrupted run makes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from softsae_jax import config as config_lib
+from softsae_jax.checkpoint import Checkpointer, abstract_like
+from softsae_jax.config import Config, ConfigError
+from softsae_jax.data import BatchSource, estimate_norm_factor, prefetch, to_global
+from softsae_jax.optim import make_optimizer
+from softsae_jax.shards import DataError, open_dataset
+from softsae_jax.train import geometric_median, init_train_state, make_mesh, make_train_step, shardings
+
+
+class WorkdirError(ValueError):
+  pass
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _truncate_metrics(path: str, step: int) -> None:
+  """Drops metrics lines after ``step`` (written by a killed run past its last checkpoint) and any
+  partial last line; they are recomputed identically."""
+  if not os.path.exists(path):
+    return
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError:
+        continue
+      if rec.get("step", 0) <= step:
+        keep.append(line if line.endswith("\n") else line + "\n")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(keep)
+  os.replace(tmp, path)
+
+
+def data_info(ds) -> dict[str, Any]:
+  return {"path": os.path.abspath(ds.path), "n_rows": ds.n_rows, "d_model": ds.d_model,
+          "dtype": ds.dtype, "n_shards": len(ds.shards)}
+
+
+def prepare(data_dir: str, workdir: str, cfg: Config) -> tuple[Any, Config, int | None]:
+  """Validates data, config and workdir; returns (dataset, resolved config, resume step or None).
+
+  Raises DataError / ConfigError / WorkdirError with one-line messages; writes nothing.
+  """
+  ds = open_dataset(data_dir)
+  cfg = cfg.resolve(ds.d_model)
+  n_dev = jax.device_count()
+  if cfg.train.batch_size % n_dev:
+    raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the device count ({n_dev})")
+  if cfg.train.batch_size > ds.n_rows:
+    raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) is larger than the dataset ({ds.n_rows} rows)")
+  cpath = os.path.join(workdir, "config.json")
+  if os.path.exists(cpath):
+    with open(cpath) as f:
+      try:
+        saved = config_lib.from_dict(json.load(f))
+      except (json.JSONDecodeError, ConfigError) as e:
+        raise WorkdirError(f"{cpath} is not a softsae config ({e}); use a new --workdir") from None
+    changes = config_lib.diff(saved, cfg)
+    if changes:
+      raise WorkdirError(f"{workdir} holds a run with another config ({'; '.join(changes)}); "
+                         "use a new --workdir, or the same config to resume")
+    rpath = os.path.join(workdir, "run.json")
+    if os.path.exists(rpath):
+      with open(rpath) as f:
+        saved_data = json.load(f).get("data", {})
+      for key in ("n_rows", "d_model"):
+        if saved_data.get(key) != data_info(ds)[key]:
+          raise WorkdirError(f"{workdir} was trained on data with {key}={saved_data.get(key)}, "
+                             f"but {data_dir} has {key}={data_info(ds)[key]}; use a new --workdir")
+  ckdir = os.path.join(workdir, "checkpoints")
+  resume = None
+  if os.path.isdir(ckdir):
+    resume = Checkpointer(ckdir, read_only=True).latest_step()
+  return ds, cfg, resume
+
+
+def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, log=print) -> dict[str, Any]:
+  """Trains (or resumes) and returns the final metrics record."""
+  ds, cfg, resume = prepare(data_dir, workdir, cfg)
+  steps = cfg.train.steps
+  if resume is not None and resume >= steps:
+    log(f"run in {workdir} already finished at step {resume}; nothing to do")
+    return {"step": resume, "finished": True}
+
+  mesh = make_mesh()
+  repl, rows_sh, mask_sh = shardings(mesh)
+  tx = make_optimizer(cfg)
+  step_fn = make_train_step(cfg, tx, mesh)
+  source = BatchSource(ds, cfg.train.batch_size, cfg.train.seed, shuffle=cfg.data.shuffle,
+                       skip_nonfinite=cfg.data.skip_nonfinite, process_index=jax.process_index(),
+                       process_count=jax.process_count())
+  key = jax.random.key(cfg.train.seed)
+  init_abstract = jax.eval_shape(lambda k: init_train_state(k, cfg, tx), key)
+
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  try:
+    if resume is not None:
+      state, data_state = ckpt.restore(resume, abstract_like(init_abstract, repl))
+      start = int(state.step)
+      log(f"resuming from step {start}")
+      _truncate_metrics(metrics_path, start)
+    else:
+      nf = estimate_norm_factor(ds, cfg.data.norm_sample_rows, cfg.data.skip_nonfinite) if cfg.data.normalize else 1.0
+      x0, valid0 = source.batch(0)
+      b_dec = geometric_median(x0[valid0].astype(np.float64) / nf)
+      state = init_train_state(key, cfg, tx, b_dec_D=b_dec, norm_factor=nf)
+      state = jax.device_put(state, repl)
+      _write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+      _write_json(os.path.join(workdir, "run.json"), {"data": data_info(ds), "norm_factor": nf,
+                                                      "devices": jax.device_count(), "jax": jax.__version__})
+      _truncate_metrics(metrics_path, 0)
+      start = 0
+    return _loop(state, start, cfg, source, step_fn, rows_sh, mask_sh, ckpt, metrics_path, progress)
+  finally:
+    ckpt.close()
+
+
+def _loop(state, start, cfg, source, step_fn, rows_sh, mask_sh, ckpt, metrics_path, progress):
+  from tqdm import tqdm
+
+  steps, bsz = cfg.train.steps, cfg.train.batch_size
+  put = lambda s: tuple(to_global(a, sh) for a, sh in zip(source.batch(s), (rows_sh, mask_sh)))  # noqa: E731
+  bar = tqdm(total=steps * bsz, initial=start * bsz, unit="tok", unit_scale=True, dynamic_ncols=True,
+             disable=not progress, file=sys.stderr, mininterval=0.5,
+             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} tok [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+  last: dict[str, Any] = {}
+  t0 = time.time()
+  with open(metrics_path, "a") as mf:
+    for s, (x_BD, valid_B) in zip(range(start, steps), prefetch(put, range(start, steps), cfg.data.prefetch)):
+      state, metrics = step_fn(state, x_BD, valid_B)
+      done = s + 1
+      bar.update(bsz)
+      if done % cfg.train.log_every == 0 or done == steps:
+        m = {k: float(v) for k, v in jax.device_get(metrics._asdict()).items()}
+        last = {"step": done, **m, "n_skipped": int(state.n_skipped), "tokens": done * bsz,
+                "elapsed_s": round(time.time() - t0, 3)}
+        mf.write(json.dumps(last) + "\n")
+        mf.flush()
+        bar.set_postfix_str(f"loss {m['loss']:.4g} fvu {m['fvu']:.3f} k̂ {m['k_mean']:.1f} "
+                            f"L0 {m['l0_mean']:.1f} dead {100 * m['dead_frac']:.0f}%", refresh=False)
+      if done % cfg.train.checkpoint_every == 0 or done == steps:
+        ckpt.save(done, state, source.state(done), cfg.to_dict())
+  bar.close()
+  ckpt.wait()
+  return last
