@@ -174,7 +174,7 @@ def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: C
       k_mean=jnp.sum(k_B * valid_f) / jnp.maximum(n_valid, 1.0),
       k_min=jnp.min(jnp.where(valid_B, k_B, big)), k_max=jnp.max(jnp.where(valid_B, k_B, -big)),
       dead_frac=jnp.mean(since_fired_F >= sae.dead_tokens), k_budget=schedules(cfg, state.step)[0],
-      alpha=alpha, lr=lr_schedule(cfg)(state.step), grad_norm=optax.global_norm(grads))
+      alpha=alpha, lr=lr_schedule(cfg)(state.step), grad_norm=optax.tree.norm(grads))
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=state.key,
                          since_fired_F=since_fired_F, threshold=threshold, norm_factor=state.norm_factor,
                          n_skipped=state.n_skipped + (valid_B.shape[0] - n_valid).astype(jnp.int32))

@@ -1,0 +1,230 @@
+"""The SAE family against a plain float64 NumPy implementation written here from SOFTSAE_SPEC.md."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from softsae_jax import losses
+from softsae_jax.config import SaeConfig
+from softsae_jax.sae import decode, encode, estimate_k, init_params, pre_acts
+from softsae_jax.types import Params
+
+D, F, B = 6, 16, 5
+
+
+def np_laplace_cdf(t):
+  return np.where(t <= 0, 0.5 * np.exp(np.minimum(t, 0)), 1 - 0.5 * np.exp(-np.maximum(t, 0)))
+
+
+def np_soft_topk(x_BF, k_B, a):
+  """Bisection on sum_j L((x_j - b)/a) = k, float64 (spec §1.2)."""
+  out = np.zeros_like(x_BF)
+  for i, (x, k) in enumerate(zip(x_BF, k_B)):
+    lo, hi = x.min() - 60 * a - 50 * a * len(x), x.max() + 60 * a
+    for _ in range(300):
+      mid = (lo + hi) / 2
+      if np_laplace_cdf((x - mid) / a).sum() > k:
+        lo = mid
+      else:
+        hi = mid
+    out[i] = np_laplace_cdf((x - (lo + hi) / 2) / a)
+  return out
+
+
+def random_params(cfg, seed=0):
+  """Init, then perturb every leaf so biases and the estimator are not trivial."""
+  p = init_params(jax.random.key(seed), cfg)
+  rng = np.random.default_rng(seed)
+  leaves, tree = jax.tree.flatten(p)
+  leaves = [np.asarray(l, np.float64) + 0.1 * rng.normal(size=l.shape) for l in leaves]
+  p64 = jax.tree.unflatten(tree, leaves)
+  w_dec = p64.w_dec / np.linalg.norm(p64.w_dec, axis=1, keepdims=True)
+  p64 = p64._replace(w_dec=w_dec)
+  return jax.tree.map(lambda l: jnp.asarray(l, jnp.float32), p64), jax.tree.map(
+      lambda l: np.asarray(np.asarray(l, np.float32), np.float64), p64)
+
+
+def np_softsae(p, x, cfg, alpha, budget, dead):
+  """SoftSAE training forward and loss (spec §2.2, §2.3, §3.1, §3.2), float64."""
+  z = x - p.b_dec
+  pre = np.maximum(z @ p.w_enc + p.b_enc, 0)
+  h = np.maximum(z @ p.w_k1 + p.b_k1, 0)
+  k_hat = np.clip(cfg.kmax / (1 + np.exp(-(h @ p.w_k2 + p.b_k2))), 1, F)
+  w = np_soft_topk(pre, k_hat, alpha)
+  acts = pre * w
+  recon = acts @ p.w_dec + p.b_dec
+  e = x - recon
+  l2 = np.mean(np.sum(e ** 2, axis=1))
+  delta = k_hat.mean() - budget
+  k_loss = np.log1p(np.exp(cfg.k_loss_beta * delta)) / cfg.k_loss_beta
+  n_dead = dead.sum()
+  k_aux = min(cfg.k_aux, n_dead)
+  aux_in = np.zeros_like(pre)
+  for b in range(len(x)):
+    dead_idx = np.flatnonzero(dead)
+    top = dead_idx[np.argsort(-pre[b, dead_idx], kind="stable")[:k_aux]]
+    aux_in[b, top] = pre[b, top]
+  e_hat = aux_in @ p.w_dec
+  aux = np.mean(np.sum((e - e_hat) ** 2, axis=1)) / np.mean(np.sum((e - e.mean(0)) ** 2, axis=1))
+  loss = l2 + cfg.k_loss_weight * k_loss + cfg.auxk_alpha * aux
+  return dict(pre=pre, k_hat=k_hat, acts=acts, recon=recon, l2=l2, k_loss=k_loss, aux=aux, loss=loss)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  cfg = SaeConfig(arch="softsae", d_in=D, n_latents=F, k=3, k_max=6, top_k_aux=4)
+  p32, p64 = random_params(cfg)
+  x = np.random.default_rng(1).normal(size=(B, D)).astype(np.float32)
+  return cfg, p32, p64, x
+
+
+def test_softsae_forward_and_loss_match_numpy(setup):
+  cfg, p32, p64, x = setup
+  alpha, budget = 0.3, 2.5
+  dead = np.zeros(F, bool)
+  dead[[1, 4, 7, 9, 11]] = True
+  ref = np_softsae(p64, x.astype(np.float64), cfg, alpha, budget, dead)
+
+  codes = encode(p32, jnp.asarray(x), cfg, train=True, alpha=alpha)
+  recon = decode(p32, codes.acts_BF, cfg)
+  np.testing.assert_allclose(codes.pre_BF, ref["pre"], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(codes.k_B, ref["k_hat"], rtol=1e-5)
+  np.testing.assert_allclose(codes.acts_BF, ref["acts"], rtol=2e-4, atol=1e-5)
+  np.testing.assert_allclose(recon, ref["recon"], rtol=2e-4, atol=1e-5)
+  valid = jnp.ones((B,), jnp.float32)
+  l2 = losses.recon_loss(jnp.asarray(x), recon, valid)
+  kl = losses.k_budget_loss(codes.k_B, budget, cfg.k_loss_beta, valid)
+  aux = losses.auxk_loss(p32, codes.pre_BF, jnp.asarray(x) - recon, jnp.asarray(dead), cfg.k_aux, valid)
+  np.testing.assert_allclose(l2, ref["l2"], rtol=1e-4)
+  np.testing.assert_allclose(kl, ref["k_loss"], rtol=1e-4)
+  np.testing.assert_allclose(aux, ref["aux"], rtol=1e-4)
+
+
+def test_train_loss_fn_matches_numpy(setup):
+  """The trainer's loss at a given step = the NumPy loss with that step's budget and alpha."""
+  from softsae_jax import config as config_lib
+  from softsae_jax.train import _loss_fn, schedules
+
+  cfg, p32, p64, x = setup
+  full = config_lib.Config(sae=cfg, train=config_lib.TrainConfig(steps=100, k_anneal_frac=0.1, alpha_anneal_frac=0.5))
+  step = 3
+  budget, alpha, hard = schedules(full, step)
+  assert not bool(hard)
+  dead = np.zeros(F, bool)
+  dead[[0, 2]] = True
+  loss, _ = _loss_fn(p32, jnp.asarray(x), jnp.ones((B,), jnp.float32), jnp.asarray(dead), jnp.int32(step), full)
+  ref = np_softsae(p64, x.astype(np.float64), cfg, float(alpha), float(budget), dead)
+  np.testing.assert_allclose(loss, ref["loss"], rtol=2e-4)
+
+
+def test_inference_is_hard_top_floor_khat(setup):
+  cfg, p32, p64, x = setup
+  codes = encode(p32, jnp.asarray(x), cfg)
+  k_hat = np.asarray(codes.k_B)
+  pre = np.asarray(codes.pre_BF)
+  acts = np.asarray(codes.acts_BF)
+  for b in range(B):
+    kb = int(np.floor(k_hat[b]))
+    top = np.argsort(-pre[b], kind="stable")[:kb]
+    expect = np.zeros(F)
+    expect[top] = pre[b, top]
+    np.testing.assert_allclose(acts[b], expect, rtol=1e-6)
+    assert (acts[b] != 0).sum() <= kb
+
+
+def test_auxk_is_exactly_zero_without_dead_latents(setup):
+  cfg, p32, _, x = setup
+  xj = jnp.asarray(x)
+
+  def f(params):
+    codes = encode(params, xj, cfg, train=True, alpha=0.3)
+    recon = decode(params, codes.acts_BF, cfg)
+    return losses.auxk_loss(params, codes.pre_BF, xj - recon, jnp.zeros((F,), bool), cfg.k_aux,
+                            jnp.ones((B,), jnp.float32))
+
+  val, grads = jax.value_and_grad(f)(p32)
+  assert float(val) == 0.0
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_init_follows_spec():
+  cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4)
+  p = init_params(jax.random.key(0), cfg)
+  np.testing.assert_allclose(np.linalg.norm(p.w_dec, axis=1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(p.w_enc, p.w_dec.T)
+  np.testing.assert_array_equal(p.w_k1, p.w_enc)
+  assert float(jnp.abs(p.b_enc).max()) == 0.0 and float(jnp.abs(p.b_dec).max()) == 0.0
+  bound = 1 / np.sqrt(32)
+  assert float(jnp.abs(p.w_k2).max()) <= bound
+  # k-hat at init is near k_max / 2 (second layer output near 0).
+  k = estimate_k(p, jnp.asarray(np.random.default_rng(0).normal(size=(64, 8)), jnp.float32), cfg)
+  assert abs(float(k.mean()) - cfg.kmax / 2) < 1.5
+
+
+def test_soft_grad_stop_keeps_khat_gradient_and_drops_score_gradient(setup):
+  cfg, p32, _, x = setup
+  import dataclasses
+
+  stop = dataclasses.replace(cfg, soft_grad="stop")
+  xj = jnp.asarray(x)
+
+  def loss(params, c):
+    codes = encode(params, xj, c, train=True, alpha=0.3)
+    return jnp.sum(decode(params, codes.acts_BF, c) ** 2)
+
+  g_f = jax.grad(loss)(p32, cfg)
+  g_s = jax.grad(loss)(p32, stop)
+  # The estimator learns in both modes, and its gradient is the same (it only enters through k-hat).
+  assert float(jnp.abs(g_s.w_k2).max()) > 0
+  np.testing.assert_allclose(g_s.w_k2, g_f.w_k2, rtol=1e-5, atol=1e-7)
+  # The encoder gradient differs: the operator's competition term is dropped.
+  assert float(jnp.abs(g_s.w_enc - g_f.w_enc).max()) > 1e-6
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu"])
+def test_baselines_encode(arch):
+  cfg = SaeConfig(arch=arch, d_in=D, n_latents=F, k=3, matryoshka_fractions=(0.25, 0.25, 0.5))
+  p32, _ = random_params(cfg, seed=2)
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(B, D)), jnp.float32)
+  codes = encode(p32, x, cfg, train=True)
+  pre, acts = np.asarray(codes.pre_BF), np.asarray(codes.acts_BF)
+  if arch == "topk":
+    assert ((acts != 0).sum(1) <= 3).all()
+    for b in range(B):
+      top = np.argsort(-pre[b], kind="stable")[:3]
+      np.testing.assert_allclose(acts[b, top], pre[b, top])
+  elif arch in ("batchtopk", "matryoshka"):
+    flat = pre.reshape(-1)
+    kept = np.sort(flat)[::-1][:3 * B]
+    np.testing.assert_allclose(np.sort(acts[acts != 0])[::-1], kept[kept > 0], rtol=1e-6)
+    inf = np.asarray(encode(p32, x, cfg, threshold=0.2).acts_BF)
+    np.testing.assert_array_equal(inf, np.where(pre > 0.2, pre, 0))
+  else:
+    np.testing.assert_array_equal(acts, pre)
+
+
+def test_matryoshka_loss_matches_numpy():
+  cfg = SaeConfig(arch="matryoshka", d_in=D, n_latents=F, k=3, matryoshka_fractions=(0.25, 0.25, 0.5))
+  p32, p64 = random_params(cfg, seed=4)
+  x = np.random.default_rng(5).normal(size=(B, D))
+  acts = np.abs(np.random.default_rng(6).normal(size=(B, F)))
+  sizes = cfg.group_sizes()
+  assert sizes == (4, 4, 8)
+  ref = []
+  for g in range(len(sizes)):
+    c = sum(sizes[:g + 1])
+    recon = acts[:, :c] @ p64.w_dec[:c] + p64.b_dec
+    ref.append(np.mean(np.sum((x - recon) ** 2, axis=1)))
+  loss, recon = losses.matryoshka_loss(p32, jnp.asarray(x, jnp.float32), jnp.asarray(acts, jnp.float32), sizes,
+                                       jnp.ones((B,), jnp.float32))
+  np.testing.assert_allclose(loss, np.mean(ref), rtol=1e-5)
+  np.testing.assert_allclose(recon, acts @ p64.w_dec + p64.b_dec, rtol=1e-5, atol=1e-6)
+
+
+def test_pre_acts_shape_check(setup):
+  cfg, p32, _, _ = setup
+  with pytest.raises(ValueError, match=r"x_BD must be \[B, D=6\]"):
+    encode(p32, jnp.ones((2, 5)), cfg)
+  assert pre_acts(p32, jnp.ones((2, D)), cfg).shape == (2, F)
+  assert isinstance(p32, Params)

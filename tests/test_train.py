@@ -1,0 +1,217 @@
+"""The optax chain, the schedules, the jitted step on a mesh, and the hard-phase freezing semantics."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from softsae_jax import config as config_lib
+from softsae_jax.optim import lr_schedule, make_optimizer, project_decoder_grads, unit_norm_decoder
+from softsae_jax.train import geometric_median, init_train_state, make_mesh, make_train_step, schedules, shardings
+from softsae_jax.types import Params, TrainState
+
+D, F, B = 8, 32, 64
+
+
+def make_cfg(**sets):
+  cfg = config_lib.Config(sae=config_lib.SaeConfig(arch="softsae", k=3, n_latents=F),
+                          train=config_lib.TrainConfig(steps=100, batch_size=B))
+  cfg = config_lib.apply_overrides(cfg, [f"{k}={v}" for k, v in sets.items()])
+  return cfg.resolve(D)
+
+
+def batch(seed=0):
+  x = np.random.default_rng(seed).normal(size=(B, D)).astype(np.float32)
+  return jnp.asarray(x), jnp.ones((B,), bool)
+
+
+def test_schedules_follow_spec():
+  cfg = make_cfg(**{"train.k_anneal_frac": 0.1, "train.alpha_anneal_frac": 0.2, "train.hard_frac": 0.05,
+                    "sae.alpha": 1e-3})
+  b0, a0, h0 = schedules(cfg, 0)
+  assert float(b0) == D and float(a0) == 1.0 and not bool(h0)
+  b5, _, _ = schedules(cfg, 5)
+  assert float(b5) == np.floor(D * 0.5 + 3 * 0.5)
+  b10, a10, _ = schedules(cfg, 10)
+  assert float(b10) == 3.0
+  np.testing.assert_allclose(float(a10), 0.5 * 1.0 + 0.5 * 1e-3, rtol=1e-6)
+  _, a20, _ = schedules(cfg, 50)
+  np.testing.assert_allclose(float(a20), 1e-3, rtol=1e-6)
+  assert not bool(schedules(cfg, 95)[2]) and bool(schedules(cfg, 96)[2])  # strict: s > T - H
+
+
+def test_lr_schedule_warmup_and_decay():
+  cfg = make_cfg(**{"train.lr": 1e-3, "train.warmup_frac": 0.1, "train.decay_start_frac": 0.8})
+  s = lr_schedule(cfg)
+  assert float(s(0)) == 0.0  # the first update has lr 0, as the reference
+  np.testing.assert_allclose(float(s(5)), 5e-4, rtol=1e-6)
+  np.testing.assert_allclose(float(s(50)), 1e-3, rtol=1e-6)
+  np.testing.assert_allclose(float(s(90)), 5e-4, rtol=1e-6)
+  assert float(s(100)) == 0.0
+
+
+def test_decoder_projection_and_renorm():
+  cfg = make_cfg()
+  p = init_train_state(jax.random.key(0), cfg, make_optimizer(cfg)).params
+  g = jax.tree.map(lambda x: jnp.ones_like(x), p)
+  out, _ = project_decoder_grads().update(g, project_decoder_grads().init(p), p)
+  assert float(jnp.abs(jnp.sum(out.w_dec * p.w_dec, axis=1)).max()) < 1e-5
+  np.testing.assert_array_equal(out.w_enc, g.w_enc)
+  scaled = p._replace(w_dec=p.w_dec * 3.0)
+  np.testing.assert_allclose(np.linalg.norm(unit_norm_decoder(scaled).w_dec, axis=1), 1.0, rtol=1e-6)
+
+
+def test_geometric_median():
+  x = np.array([[0.0, 0], [1, 0], [0, 1], [10, 10]])
+  gm = geometric_median(x)
+  # Robust to the outlier, unlike the mean (2.75, 2.75).
+  assert np.linalg.norm(gm) < 1.0
+
+
+def test_abstract_init_and_optimizer_from_shapes():
+  cfg = make_cfg()
+  tx = make_optimizer(cfg)
+  abstract = jax.eval_shape(lambda k: init_train_state(k, cfg, tx), jax.random.key(0))
+  assert abstract.params.w_enc.shape == (D, F)
+  assert abstract.since_fired_F.shape == (F,)
+  opt_abstract = jax.eval_shape(tx.init, abstract.params)
+  assert jax.tree.structure(opt_abstract) == jax.tree.structure(abstract.opt_state)
+
+
+def test_step_on_8_devices_keeps_shardings_and_does_not_retrace():
+  assert jax.device_count() == 8
+  cfg = make_cfg()
+  tx = make_optimizer(cfg)
+  mesh = make_mesh()
+  repl, rows, mask = shardings(mesh)
+  traces = []
+  from softsae_jax import train as train_mod
+
+  def counting(state, x, v, *, cfg, tx):
+    traces.append(1)
+    return train_mod.train_step(state, x, v, cfg=cfg, tx=tx)
+
+  import functools
+  step = jax.jit(functools.partial(counting, cfg=cfg, tx=tx), in_shardings=(repl, rows, mask),
+                 out_shardings=(repl, repl), donate_argnums=0)
+  state = jax.device_put(init_train_state(jax.random.key(0), cfg, tx), repl)
+  x, v = batch()
+  x, v = jax.device_put(x, rows), jax.device_put(v, mask)
+  s1, m1 = step(state, x, v)
+  s2, m2 = step(s1, x, v)
+  assert len(traces) == 1
+  for leaf in jax.tree.leaves(s2):
+    assert leaf.sharding.is_equivalent_to(repl, leaf.ndim)
+  assert int(s2.step) == 2
+  assert np.isfinite(float(m2.loss))
+  # The real factory produces the same function.
+  real = make_train_step(cfg, tx, mesh)
+  s_real, _ = real(jax.device_put(init_train_state(jax.random.key(0), cfg, tx), repl), x, v)
+  assert int(s_real.step) == 1
+
+
+def _run(cfg, n_steps, dead_tokens_override=None):
+  tx = make_optimizer(cfg)
+  state = init_train_state(jax.random.key(0), cfg, tx)
+  step = jax.jit(lambda s, x, v: __import__("softsae_jax.train", fromlist=["x"]).train_step(s, x, v, cfg=cfg, tx=tx))
+  states = [state]
+  for i in range(n_steps):
+    x, v = batch(i)
+    state, _ = step(state, x, v)
+    states.append(state)
+  return states
+
+
+def _changed(a: Params, b: Params):
+  return {name: bool(jnp.any(x != y)) for name, x, y in zip(Params._fields, a, b)}
+
+
+def test_hard_phase_freezes_encoder_and_estimator_without_dead_latents():
+  # H = 50 of T = 100: steps 51.. are hard. Start the state at step 60.
+  cfg = make_cfg(**{"train.hard_frac": 0.5, "train.lr": 1e-2, "train.warmup_frac": 0.0,
+                    "sae.dead_tokens": 10**9})
+  tx = make_optimizer(cfg)
+  from softsae_jax.train import train_step
+
+  state = init_train_state(jax.random.key(0), cfg, tx)._replace(step=jnp.int32(60))
+  x, v = batch()
+  # One soft step first so Adam moments are nonzero everywhere, then hard steps.
+  soft_state = state._replace(step=jnp.int32(10))
+  soft_state, _ = train_step(soft_state, x, v, cfg=cfg, tx=tx)
+  state = soft_state._replace(step=jnp.int32(60))
+  new, m = train_step(state, x, v, cfg=cfg, tx=tx)
+  ch = _changed(state.params, new.params)
+  assert ch["w_dec"] and ch["b_dec"]
+  assert not ch["w_enc"] and not ch["b_enc"]
+  assert not any(ch[n] for n in ("w_k1", "b_k1", "w_k2", "b_k2"))
+  # Adam moments of frozen parameters are untouched (PyTorch skips params whose grad is None).
+  mu_old, mu_new = state.opt_state[2].mu, new.opt_state[2].mu
+  np.testing.assert_array_equal(mu_old.w_k1, mu_new.w_k1)
+  np.testing.assert_array_equal(mu_old.w_enc, mu_new.w_enc)
+  assert bool(jnp.any(mu_old.w_dec != mu_new.w_dec))
+  assert float(m.k_loss) == 0.0
+
+
+def test_hard_phase_updates_encoder_when_auxk_has_dead_latents():
+  cfg = make_cfg(**{"train.hard_frac": 0.5, "train.lr": 1e-2, "train.warmup_frac": 0.0, "sae.dead_tokens": 0})
+  tx = make_optimizer(cfg)
+  from softsae_jax.train import train_step
+
+  state = init_train_state(jax.random.key(0), cfg, tx)._replace(step=jnp.int32(60))
+  x, v = batch()
+  new, m = train_step(state, x, v, cfg=cfg, tx=tx)
+  ch = _changed(state.params, new.params)
+  assert ch["w_enc"] and ch["w_dec"]
+  assert not any(ch[n] for n in ("w_k1", "b_k1", "w_k2", "b_k2"))
+  assert float(m.aux_loss) > 0
+
+
+def test_hard_phase_unfrozen_trains_encoder_through_topk():
+  cfg = make_cfg(**{"train.hard_frac": 0.5, "train.lr": 1e-2, "train.warmup_frac": 0.0,
+                    "sae.dead_tokens": 10**9, "train.hard_freeze": False})
+  tx = make_optimizer(cfg)
+  from softsae_jax.train import train_step
+
+  state = init_train_state(jax.random.key(0), cfg, tx)._replace(step=jnp.int32(60))
+  new, _ = train_step(state, *batch(), cfg=cfg, tx=tx)
+  assert _changed(state.params, new.params)["w_enc"]
+
+
+@pytest.mark.parametrize("arch", ["softsae", "topk", "batchtopk", "matryoshka", "relu"])
+def test_loss_decreases_and_decoder_stays_unit_norm(arch):
+  cfg = make_cfg(**{"sae.arch": arch, "train.lr": 3e-3, "train.warmup_frac": 0.0, "train.hard_frac": 0.0,
+                    "train.k_anneal_frac": 0.0, "train.alpha_anneal_frac": 0.0, "sae.alpha": 0.05})
+  tx = make_optimizer(cfg)
+  from softsae_jax.train import train_step
+
+  step = jax.jit(lambda s, x, v: train_step(s, x, v, cfg=cfg, tx=tx))
+  x, v = batch(0)
+  state = init_train_state(jax.random.key(0), cfg, tx, b_dec_D=geometric_median(np.asarray(x)))
+  losses = []
+  for _ in range(30):
+    state, m = step(state, x, v)
+    losses.append(float(m.loss))
+  assert losses[-1] < losses[0]
+  np.testing.assert_allclose(np.linalg.norm(state.params.w_dec, axis=1), 1.0, rtol=1e-5)
+
+
+def test_nonfinite_rows_are_masked():
+  cfg = make_cfg(**{"sae.arch": "topk"})
+  tx = make_optimizer(cfg)
+  from softsae_jax.train import train_step
+
+  state = init_train_state(jax.random.key(0), cfg, tx)
+  x, v = batch()
+  x_bad = x.at[3].set(0.0)
+  v_bad = v.at[3].set(False)
+  s1, m1 = train_step(state, x_bad, v_bad, cfg=cfg, tx=tx)
+  keep = np.ones(B, bool)
+  keep[3] = False
+  assert int(s1.n_skipped) == 1
+  # Same loss as on the batch without that row.
+  cfg_small = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=B - 1))
+  s2, m2 = train_step(state, x[keep], v[keep], cfg=cfg_small, tx=tx)
+  np.testing.assert_allclose(float(m1.mse), float(m2.mse), rtol=1e-5)
+  assert isinstance(s1, TrainState)
