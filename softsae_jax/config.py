@@ -50,7 +50,8 @@ class SaeConfig:
     auxk_alpha: weight of the AuxK dead-latent loss (spec: 1/32).
     top_k_aux: AuxK's k; None means D // 2.
     dead_tokens: a latent is dead after this many tokens without firing (AuxK; dead fraction).
-    l1_coeff: L1 coefficient of the relu arch (on |f| times the decoder row norm, which is 1).
+    l1_coeff: L1 coefficient of the relu arch (on |f| times the decoder row norm, which is 1), in the
+      normalised units (mean ||x||^2 = 1); it sets the L0 you get: tune it (0.3 gave L0 ~25 on 64-d data).
     matryoshka_fractions: nested group sizes as fractions of F (must sum to 1).
     threshold_beta: EMA factor of the BatchTopK/Matryoshka inference threshold.
     threshold_start_frac: the EMA starts after this fraction of the steps (spec: step 1000).
@@ -71,7 +72,7 @@ class SaeConfig:
   auxk_alpha: float = 1.0 / 32.0
   top_k_aux: int | None = None
   dead_tokens: int = 1_000_000
-  l1_coeff: float = 5.0
+  l1_coeff: float = 0.3
   matryoshka_fractions: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 17 / 32)
   threshold_beta: float = 0.999
   threshold_start_frac: float = 0.05

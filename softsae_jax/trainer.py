@@ -33,6 +33,10 @@ class WorkdirError(ValueError):
   pass
 
 
+# Keys that do not change the trained model: a resumed run may change them.
+RESULT_NEUTRAL = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "data.prefetch"})
+
+
 def _write_json(path: str, obj: Any) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -84,7 +88,7 @@ def prepare(data_dir: str, workdir: str, cfg: Config) -> tuple[Any, Config, int 
         saved = config_lib.from_dict(json.load(f))
       except (json.JSONDecodeError, ConfigError) as e:
         raise WorkdirError(f"{cpath} is not a softsae config ({e}); use a new --workdir") from None
-    changes = config_lib.diff(saved, cfg)
+    changes = [c for c in config_lib.diff(saved, cfg) if c.split(":")[0] not in RESULT_NEUTRAL]
     if changes:
       raise WorkdirError(f"{workdir} holds a run with another config ({'; '.join(changes)}); "
                          "use a new --workdir, or the same config to resume")
