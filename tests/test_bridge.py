@@ -322,6 +322,26 @@ def test_clip_vision_tower(images, tmp_path):
   np.testing.assert_allclose(x_ND, ref_ITD.reshape(-1, 32), rtol=1e-4, atol=1e-5)
 
 
+def test_vision_resume_from_partial_manifest(tiny_vit, images, tmp_path):
+  """The state a kill leaves (manifest after shard 1, complete=false, later files stale) resumes exactly."""
+  argv = ["--model", tiny_vit, "--layer", 1, "--images", images, "--batch-size", 2, "--rows-per-shard", 20,
+          "--dtype", "float32"]
+  whole, cut = tmp_path / "whole", tmp_path / "cut"
+  assert _export(*argv, "--out", whole) == 0
+  assert _export(*argv, "--out", cut) == 0
+  m = json.loads((cut / "manifest.json").read_text())
+  assert len(m["shards"]) == 4  # 5 images x 16 patches = 80 rows
+  for name in ("shard_00001.npy", "shard_00002.npy"):
+    np.save(cut / name, np.zeros((20, 32), np.float32))  # stale junk a resumed run must overwrite
+  m.update(complete=False, shards=m["shards"][:1], n_rows=20)
+  (cut / "manifest.json").write_text(json.dumps(m))
+  assert _export(*argv, "--out", cut) == 0
+  a, b = _read_all(cut), _read_all(whole)
+  assert a[0].manifest == b[0].manifest
+  for xa, xb in zip(a[1:], b[1:]):
+    np.testing.assert_array_equal(xa, xb)
+
+
 # --------------------------------------------------------------------------- (4) resume after SIGKILL
 
 
@@ -333,10 +353,10 @@ def _cli_env():
 
 def test_resume_after_sigkill_equals_uninterrupted(tiny_gpt2, tmp_path):
   text_file = tmp_path / "long.txt"
-  text_file.write_text("\n".join(_topics(12, start=40, max_chars=1200)), encoding="utf-8")
+  text_file.write_text("\n".join(_topics(12, start=40, max_chars=400)), encoding="utf-8")
   cmd = lambda out: [sys.executable, "-m", "softsae_jax.bridge.export", "--model", tiny_gpt2, "--layer", "0",
                      "--out", str(out), "--text-file", str(text_file), "--seq-len", "16", "--batch-size", "2",
-                     "--rows-per-shard", "64", "--quiet"]
+                     "--rows-per-shard", "32", "--quiet"]
   killed = tmp_path / "killed"
   proc = subprocess.Popen(cmd(killed), env=_cli_env(), cwd=str(tmp_path), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE)
@@ -348,7 +368,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tiny_gpt2, tmp_path):
   os.kill(proc.pid, signal.SIGKILL)
   proc.wait()
   partial = json.loads((killed / "manifest.json").read_text())
-  assert partial["complete"] is False and 64 <= partial["n_rows"]  # killed part-way, with shards on disk
+  assert partial["complete"] is False and 32 <= partial["n_rows"]  # killed part-way, with shards on disk
 
   done = subprocess.run(cmd(killed), env=_cli_env(), cwd=str(tmp_path), capture_output=True, text=True)
   assert done.returncode == 0, done.stderr
