@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from softsae_jax.sae import scatter_codes
 from softsae_jax.types import Params
 
 
@@ -53,8 +54,9 @@ def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B):
     vals_BK, idx_BK = jax.lax.top_k(masked_BF, k_aux)
     keep_K = jnp.arange(k_aux) < n_dead
     vals_BK = jnp.where(keep_K[None, :] & jnp.isfinite(vals_BK), vals_BK, 0.0)
-    # Decode without b_dec: sum_k vals[b, k] * w_dec[idx[b, k]].
-    aux_BD = jnp.einsum("bk,bkd->bd", vals_BK, params.w_dec[idx_BK])
+    # Decode without b_dec. Dense (scatter, then one matmul): k_aux is D/2, so gathering k_aux
+    # decoder rows per row would materialise B*k_aux*D floats.
+    aux_BD = scatter_codes(vals_BK, idx_BK, pre_BF.shape[1]) @ params.w_dec
     n = _n(valid_B)
     num = jnp.sum(jnp.sum(jnp.square(err_BD - aux_BD), axis=1) * valid_B) / n
     mean_D = jnp.sum(err_BD * valid_B[:, None], axis=0) / n

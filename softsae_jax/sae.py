@@ -94,6 +94,55 @@ def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig) -> jax.Array:
   return jnp.clip(cfg.kmax * jax.nn.sigmoid(logit_B), 1.0, float(cfg.F))
 
 
+def topk_sparse(pre_BF: jax.Array, k_B: jax.Array, max_k: int) -> tuple[jax.Array, jax.Array]:
+  """The floor(k_B) largest entries of each row as (vals_BK, idx_BK), K = max_k; ranks at or beyond a
+  row's count have value 0. Differentiable in ``pre_BF`` through the values."""
+  vals_BK, idx_BK = jax.lax.top_k(pre_BF, max_k)
+  keep_BK = jnp.arange(max_k)[None, :] < jnp.floor(k_B)[:, None]
+  return jnp.where(keep_BK, vals_BK, 0.0), idx_BK
+
+
+def scatter_codes(vals_BK: jax.Array, idx_BK: jax.Array, num_f: int) -> jax.Array:
+  """(vals_BK, idx_BK) -> dense [B, F] codes (indices within a row are distinct)."""
+  rows_BK = jnp.broadcast_to(jnp.arange(vals_BK.shape[0])[:, None], idx_BK.shape)
+  return jnp.zeros((vals_BK.shape[0], num_f), vals_BK.dtype).at[rows_BK, idx_BK].add(vals_BK)
+
+
+@jax.custom_vjp
+def sparse_decode(w_dec_FD: jax.Array, idx_BK: jax.Array, vals_BK: jax.Array) -> jax.Array:
+  """sum_k vals[b, k] * w_dec[idx[b, k]]: [B, D] without b_dec, from K active latents per row.
+
+  The forward gathers K decoder rows per row (B*K*D work instead of the dense B*F*D), one slot at a
+  time: a ``fori_loop`` over the K slots, each gathering B rows, is several times faster on XLA:CPU
+  than one [B, K, D] gather (JAX_NOTES.md). The custom backward returns d vals by the same loop and
+  dW_dec as one dense matmul of the scattered codes with the upstream gradient, since autodiff's
+  scatter-add of B*K rows is the slow part on CPU and a matmul is not.
+  """
+  def body(j, acc_BD):
+    return acc_BD + vals_BK[:, j, None] * jnp.take(w_dec_FD, idx_BK[:, j], axis=0, mode="clip")
+
+  zeros_BD = jnp.zeros((vals_BK.shape[0], w_dec_FD.shape[1]), jnp.result_type(vals_BK, w_dec_FD))
+  return jax.lax.fori_loop(0, idx_BK.shape[1], body, zeros_BD)
+
+
+def _sparse_decode_fwd(w_dec_FD, idx_BK, vals_BK):
+  return sparse_decode(w_dec_FD, idx_BK, vals_BK), (w_dec_FD, idx_BK, vals_BK)
+
+
+def _sparse_decode_bwd(res, g_BD):
+  w_dec_FD, idx_BK, vals_BK = res
+  def body(j, d_BK):
+    row_BD = jnp.take(w_dec_FD, idx_BK[:, j], axis=0, mode="clip")
+    return d_BK.at[:, j].set(jnp.sum(g_BD * row_BD, axis=1))
+
+  d_vals_BK = jax.lax.fori_loop(0, idx_BK.shape[1], body, jnp.zeros(vals_BK.shape, g_BD.dtype))
+  d_w_FD = scatter_codes(vals_BK, idx_BK, w_dec_FD.shape[0]).T @ g_BD
+  return d_w_FD, None, d_vals_BK
+
+
+sparse_decode.defvjp(_sparse_decode_fwd, _sparse_decode_bwd)
+
+
 def _batch_topk(pre_BF: jax.Array, k: int) -> jax.Array:
   """Keeps the k*B largest entries of the whole batch (ties: lax.top_k order), zeros elsewhere."""
   b, f = pre_BF.shape

@@ -31,8 +31,7 @@ from jax.sharding import PartitionSpec as P
 from softsae_jax import losses
 from softsae_jax.config import Config
 from softsae_jax.optim import freeze, lr_schedule, make_optimizer, unit_norm_decoder
-from softsae_jax.sae import decode, encode, estimate_k, init_params, pre_acts
-from softsae_jax.topk import hard_topk
+from softsae_jax.sae import decode, encode, estimate_k, init_params, pre_acts, scatter_codes, sparse_decode, topk_sparse
 from softsae_jax.types import Metrics, Params, TrainState
 
 
@@ -96,6 +95,16 @@ def _loss_fn(params: Params, x_BD, valid_B, dead_F, step, cfg: Config):
     loss = main + sae.k_loss_weight * k_loss + sae.auxk_alpha * aux
     return loss, (acts_BF, recon_BD, k_B, main, k_loss, aux)
 
+  zero = jnp.zeros((), jnp.float32)
+
+  def sparse_topk_loss(pre_BF, k_B, max_k, freeze=False):
+    vals_BK, idx_BK = topk_sparse(pre_BF, k_B, max_k)
+    if freeze:
+      vals_BK = jax.lax.stop_gradient(vals_BK)
+    recon_BD = sparse_decode(params.w_dec, idx_BK, vals_BK) + params.b_dec[None, :]
+    acts_BF = jax.lax.stop_gradient(scatter_codes(vals_BK, idx_BK, sae.F))
+    return finish(acts_BF, recon_BD, pre_BF, k_B, losses.recon_loss(x_BD, recon_BD, valid_B), zero)
+
   if sae.arch == "softsae":
 
     def soft(_):
@@ -108,17 +117,13 @@ def _loss_fn(params: Params, x_BD, valid_B, dead_F, step, cfg: Config):
     def hard_phase(_):
       pre_BF = pre_acts(params, x_BD, sae)
       k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae))
-      acts_BF = hard_topk(pre_BF, jnp.floor(k_B), max_k=sae.kmax)
-      if cfg.train.hard_freeze:
-        acts_BF = jax.lax.stop_gradient(acts_BF)
-      recon_BD = decode(params, acts_BF, sae)
-      return finish(acts_BF, recon_BD, pre_BF, k_B, losses.recon_loss(x_BD, recon_BD, valid_B),
-                    jnp.zeros((), jnp.float32))
+      return sparse_topk_loss(pre_BF, k_B, sae.kmax, freeze=cfg.train.hard_freeze)
 
     return jax.lax.cond(hard, hard_phase, soft, None)
 
+  if sae.arch == "topk":
+    return sparse_topk_loss(pre_acts(params, x_BD, sae), jnp.full(x_BD.shape[:1], float(sae.k)), sae.k)
   codes = encode(params, x_BD * valid_B[:, None], sae, train=True)
-  zero = jnp.zeros((), jnp.float32)
   if sae.arch == "matryoshka":
     main, recon_BD = losses.matryoshka_loss(params, x_BD, codes.acts_BF, sae.group_sizes(), valid_B)
     return finish(codes.acts_BF, recon_BD, codes.pre_BF, codes.k_B, main, zero)

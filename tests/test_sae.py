@@ -228,3 +228,29 @@ def test_pre_acts_shape_check(setup):
     encode(p32, jnp.ones((2, 5)), cfg)
   assert pre_acts(p32, jnp.ones((2, D)), cfg).shape == (2, F)
   assert isinstance(p32, Params)
+
+
+def test_sparse_decode_matches_dense_values_and_gradients():
+  from softsae_jax.sae import scatter_codes, sparse_decode, topk_sparse
+
+  rng = np.random.default_rng(7)
+  w = jnp.asarray(rng.normal(size=(F, D)), jnp.float32)
+  pre = jnp.asarray(np.abs(rng.normal(size=(B, F))), jnp.float32)
+  k_B = jnp.asarray([1.0, 2.5, 3.0, 0.0, 3.9])
+  vals, idx = topk_sparse(pre, k_B, 3)
+  dense = scatter_codes(vals, idx, F)
+  assert ((np.asarray(dense) != 0).sum(1) == [1, 2, 3, 0, 3]).all()
+  g = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
+
+  def f_sparse(w, p):
+    v, i = topk_sparse(p, k_B, 3)
+    return jnp.sum(sparse_decode(w, i, v) * g)
+
+  def f_dense(w, p):
+    v, i = topk_sparse(p, k_B, 3)
+    return jnp.sum((scatter_codes(v, i, F) @ w) * g)
+
+  np.testing.assert_allclose(sparse_decode(w, idx, vals), dense @ w, rtol=1e-5, atol=1e-5)
+  gs, gd = jax.grad(f_sparse, (0, 1))(w, pre), jax.grad(f_dense, (0, 1))(w, pre)
+  for a, b in zip(gs, gd):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
