@@ -3,6 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-dev
+BRIDGE := $(VENV)/.installed-bridge
 
 .PHONY: test test-fast venv demo bench clean
 
@@ -15,6 +16,16 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# torch==2.13.0 is a CPU build on these machines' disk; installed first, it meets the bridge extra's
+# torch>=2.4 so pip never pulls a CUDA build. Elsewhere (no such file) the extra's own torch is used.
+$(BRIDGE): pyproject.toml | $(PY)
+	$(PIP) install -q torch==2.13.0 || true
+	$(PIP) install -q -e '.[bridge]'
+	touch $(BRIDGE)
+
+demo: $(BRIDGE)
+	$(PY) scripts/demo.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q

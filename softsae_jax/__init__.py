@@ -1,1 +1,29 @@
-"""softsae_jax: sparse autoencoders in JAX, with SoftSAE's adaptive per-input k."""
+"""softsae_jax: sparse autoencoders in JAX, with SoftSAE's adaptive per-input k.
+
+Re-exports only. Modules: ``topk`` (LapSum soft top-k, hard top-k), ``sae`` (the SAE family as pure
+functions), ``losses``, ``optim``, ``train`` (the jitted step), ``trainer`` (the training run),
+``evaluate`` (raw-unit inference, metrics, codes), ``data``/``shards`` (activation shards),
+``synthetic`` (ground-truth data), ``report``, ``bench``, ``bridge`` (PyTorch export; needs torch).
+"""
+
+from softsae_jax.config import Config as Config
+from softsae_jax.config import DataConfig as DataConfig
+from softsae_jax.config import SaeConfig as SaeConfig
+from softsae_jax.config import TrainConfig as TrainConfig
+from softsae_jax.optim import make_optimizer as make_optimizer
+from softsae_jax.sae import decode as decode
+from softsae_jax.sae import encode as encode
+from softsae_jax.sae import estimate_k as estimate_k
+from softsae_jax.sae import forward as forward
+from softsae_jax.sae import init_params as init_params
+from softsae_jax.topk import hard_topk as hard_topk
+from softsae_jax.topk import hard_topk_mask as hard_topk_mask
+from softsae_jax.topk import soft_topk as soft_topk
+from softsae_jax.train import init_train_state as init_train_state
+from softsae_jax.train import make_train_step as make_train_step
+from softsae_jax.train import train_step as train_step
+from softsae_jax.types import Codes as Codes
+from softsae_jax.types import Params as Params
+from softsae_jax.types import TrainState as TrainState
+
+__version__ = "0.1.0"
