@@ -131,7 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _quiet_libraries() -> None:
+  """orbax logs INFO/WARNING lines through absl (e.g. on every read-only restore); users see ours."""
+  try:
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+  except ImportError:
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
+  _quiet_libraries()
   parser = build_parser()
   args = parser.parse_args(argv)
   errors = _user_errors()
