@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -171,14 +172,31 @@ def _affine_scan(mult_BM, add_BM):
 
 
 def _finite_bounds(dtype):
-  """(R, G): entries are clipped to [-R, R] (so +-inf act as huge ties and x - anchor never
-  overflows) and scaled gaps d/a are capped at G (so log-space quantities stay finite)."""
+  """(R, G): sorted/candidate values are clipped to [-R, R] (so +-inf act as extreme ties and
+  differences never overflow) and scaled gaps d/a are capped at G (log-space terms stay finite)."""
   fmax = float(jnp.finfo(dtype).max)
   return fmax / 4, fmax / 16
 
 
+class _Solution(NamedTuple):
+  """Per-row result of the threshold solve (every field [B])."""
+
+  anchor_B: jax.Array  # a candidate next to the threshold: b = anchor + a * beta
+  beta_B: jax.Array  # (b - anchor) / a, moderate in size, so t = (x - anchor)/a - beta is precise
+  tmin_B: jax.Array  # min_j |t_j|: the largest Laplace density is exp(-tmin) / (2a)
+  rel_sum_B: jax.Array  # sum_j exp(tmin - |t_j|) >= 1: the total density relative to the largest
+  pivot_B: jax.Array  # int32 column of the densest entry (argmin_j |t_j|)
+  offset_B: jax.Array  # w = offset + scale * L(t): (0, 1) normally, other values for edge rows
+  scale_B: jax.Array
+  grad_on_B: jax.Array  # bool: implicit-function gradients apply (False: zero gradients)
+
+
 def _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, *, complete: bool):
   """Solves sum_j L((x_j - b)/a) = k per row from the row's top-M values and its tail.
+
+  This is the whole solve: the full-sort path calls it with the sorted row and an empty tail, the
+  fast path with ``lax.top_k`` candidates and one tail reduction per row. A latent-sharded caller can
+  build both inputs from per-shard top-M values and per-shard tail sums (rebased to the global s_M).
 
   Args:
     cand_BM: the M largest entries of each row, sorted descending, finite (clipped to [-R, R]).
@@ -190,11 +208,9 @@ def _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, *, complete: bool):
     complete: True when the candidates are the whole row (then the threshold may fall below s_M).
 
   Returns:
-    ``(anchor_B, beta_B, tmin_B, pivot_B, outside_B)``: the threshold is ``b = anchor + a * beta``
-    with ``anchor`` a candidate next to ``b`` (so ``(x_j - anchor)/a - beta`` keeps full precision for
-    the entries next to the threshold); ``tmin = min_j |x_j - b|/a`` (the largest Laplace density is
-    ``exp(-tmin) / (2a)``), attained at candidate position ``pivot`` (int32); ``outside`` marks rows whose threshold lies below ``s_M`` and were solved
-    incorrectly (only possible when ``complete`` is False).
+    ``(anchor_B, beta_B, tmin_B, rel_sum_B, pivot_B, outside_B)``, see ``_Solution``; ``pivot`` is a
+    position in the candidate axis here; ``outside`` marks rows whose threshold lies below ``s_M``
+    and were therefore solved incorrectly (only possible when ``complete`` is False).
   """
   dtype = cand_BM.dtype
   num_b, num_m = cand_BM.shape
@@ -204,17 +220,18 @@ def _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, *, complete: bool):
   # Scaled gaps d_m / a >= 0 and E_m = exp(-d_m / a) in (0, 1].
   gap_BM1 = jnp.minimum((cand_BM[:, :-1] - cand_BM[:, 1:]) * inv_a, gap_cap)
   ones_BM = jnp.ones_like(cand_BM)
+  tail_sum_B = jnp.exp(tail_lse_B)
   if num_m > 1:
     decay_BM1 = jnp.exp(-gap_BM1)
     zero_B1 = jnp.zeros((num_b, 1), dtype)
     head_BM = _affine_scan(jnp.concatenate([zero_B1, decay_BM1], axis=1), ones_BM)  # U_m
     # V_M = 1 + W, V_m = 1 + E_m V_{m+1}: the same scan over the reversed rows.
-    tail_add_BM = ones_BM.at[:, -1].add(jnp.exp(tail_lse_B))
+    tail_add_BM = ones_BM.at[:, -1].add(tail_sum_B)
     tail_BM = jnp.flip(_affine_scan(jnp.concatenate([zero_B1, jnp.flip(decay_BM1, 1)], axis=1),
                                     jnp.flip(tail_add_BM, 1)), 1)  # V_m
   else:
     head_BM = ones_BM
-    tail_BM = ones_BM + jnp.exp(tail_lse_B)[:, None]
+    tail_BM = ones_BM + tail_sum_B[:, None]
 
   # Knot values G(s_m), increasing in m; count = number of knots <= k.
   m_M = jnp.arange(1, num_m + 1, dtype=dtype)
@@ -240,15 +257,14 @@ def _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, *, complete: bool):
     log_v_B = jnp.log(take(tail_BM, hi_B1))  # log V_{c+1}
     log_e_B = -take(gap_BM1, lo_B1)  # log E_c
     c_f_B = c_B.astype(dtype)
-    diff_B = jnp.abs(k_B - c_f_B)
-    log_d_B = jnp.log(diff_B)  # -inf when k == c
+    log_d_B = jnp.log(jnp.abs(k_B - c_f_B))  # -inf when k == c
     half_B = 0.5 * (log_u_B + log_v_B + log_e_B)  # log sqrt(U V E)
     ref_B = jnp.maximum(log_d_B, half_B)
     scaled_d_B = jnp.exp(log_d_B - ref_B)
     root_B = ref_B + jnp.log(scaled_d_B + jnp.sqrt(scaled_d_B**2 + jnp.exp(2.0 * (half_B - ref_B))))
-    below_B = k_B <= c_f_B  # b in the upper part: anchor s_c, beta = Lambda - log U_c
-    mid_anchor_B = jnp.where(below_B, s_hi_B, s_lo_B)
-    mid_beta_B = jnp.where(below_B, root_B - log_u_B, log_v_B - root_B)
+    upper_B = k_B <= c_f_B  # b in the upper part of the gap: anchor s_c, beta = root - log U_c
+    mid_anchor_B = jnp.where(upper_B, s_hi_B, s_lo_B)
+    mid_beta_B = jnp.where(upper_B, root_B - log_u_B, log_v_B - root_B)
     anchor_B = jnp.where(count_B == 0, top_anchor_B, mid_anchor_B)
     beta_B = jnp.where(count_B == 0, top_beta_B, mid_beta_B)
   else:
@@ -263,58 +279,135 @@ def _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, *, complete: bool):
     # k == G(s_M) is still solved exactly (b = s_M) by the last interval's root.
     outside_B = k_B > knot_BM[:, -1]
 
-  # Closest entry to b in units of a: the candidates bracket b, and tail entries lie below s_M <= b.
+  # Densities: the candidates bracket b and the tail lies below s_M <= b, so the densest entry is a
+  # candidate and the tail's total density is W exp(-|t_M|).
   dist_BM = jnp.abs((cand_BM - anchor_B[:, None]) * inv_a - beta_B[:, None])
   pivot_B = jnp.argmin(dist_BM, axis=1).astype(jnp.int32)
   tmin_B = jnp.take_along_axis(dist_BM, pivot_B[:, None], axis=1)[:, 0]
-  return anchor_B, beta_B, tmin_B, pivot_B, outside_B
+  rel_sum_B = (jnp.sum(jnp.exp(tmin_B[:, None] - dist_BM), axis=1)
+               + jnp.exp(tail_lse_B + tmin_B - dist_BM[:, -1]))
+  return anchor_B, beta_B, tmin_B, rel_sum_B, pivot_B, outside_B
 
 
-def _laplace_t(x_BF, anchor_B, beta_B, inv_a):
-  """t = (x - b)/a with b = anchor + a beta; x clipped to [-R, R] so +-inf act as extreme ties."""
-  bound, _ = _finite_bounds(x_BF.dtype)
-  x_BF = jnp.clip(x_BF, -bound, bound)
-  return (x_BF - anchor_B[:, None]) * inv_a - beta_B[:, None]
+def _laplace_t(x_BF, anchor_B, beta_B, inv_a_B):
+  """t = (x - b)/a with b = anchor + a beta (x unclipped: +-inf give t = +-inf)."""
+  return (x_BF - anchor_B[:, None]) * inv_a_B[:, None] - beta_B[:, None]
 
 
-def _full_threshold(x_BF, k_B, inv_a):
-  """Exact path: the sorted row is the candidate set (O(F log F) per row)."""
-  bound, _ = _finite_bounds(x_BF.dtype)
+def _pass_vectors(seed_B, *values):
+  """The scalars / per-row values one [B, F] pass needs, as [B] vectors private to that pass.
+
+  Speed only, never the values. XLA:CPU (jax 0.10) runs an elementwise-then-row-sum pass as one fast
+  YNNPACK kernel only when every operand is a full array or a row broadcast used by that pass alone;
+  a scalar constant (``jnp.minimum(t, 0.0)``) or a row vector that another pass also broadcasts is
+  first materialised as a [B, F] array, which costs as much as the pass itself (a 2x slower backward
+  was measured). Adding ``0 * seed`` (not foldable: it is NaN for non-finite seeds) makes each vector
+  a distinct value, and a different ``seed`` per pass keeps common subexpression elimination from
+  merging them across passes. NaN in the seed makes the row NaN, which callers rely on anyway.
+  """
+  zero_B = jnp.minimum(jnp.abs(seed_B), 1.0) * 0.0
+  return tuple(jnp.asarray(v, zero_B.dtype) + zero_B for v in values)
+
+
+def _full_solution(x_BF, k_B, inv_a) -> _Solution:
+  """Exact path: the sorted row is the candidate set (O(F log F) per row). Handles +-inf fully."""
+  num_f = x_BF.shape[1]
+  dtype = x_BF.dtype
+  bound, _ = _finite_bounds(dtype)
   iota_BF = lax.broadcasted_iota(jnp.int32, x_BF.shape, 1)
   neg_sorted_BF, order_BF = lax.sort((-x_BF, iota_BF), dimension=1, num_keys=1)  # NaN sorts last
   sorted_BF = -neg_sorted_BF  # descending
-  nan_B = jnp.isnan(sorted_BF[:, -1])
-  sorted_BF = jnp.clip(sorted_BF, -bound, bound)
-  empty_tail_B = jnp.full(k_B.shape, -jnp.inf, x_BF.dtype)
-  anchor_B, beta_B, tmin_B, pivot_B, _ = _solve_threshold(sorted_BF, empty_tail_B, k_B, inv_a,
-                                                          complete=True)
+  n_pos_B = jnp.sum(sorted_BF == jnp.inf, axis=1, dtype=dtype)
+  n_neg_B = jnp.sum(sorted_BF == -jnp.inf, axis=1, dtype=dtype)
+  empty_tail_B = jnp.full(k_B.shape, -jnp.inf, dtype)
+  anchor_B, beta_B, tmin_B, rel_sum_B, pivot_B, _ = _solve_threshold(
+      jnp.clip(sorted_BF, -bound, bound), empty_tail_B, k_B, inv_a, complete=True)
   pivot_B = jnp.take_along_axis(order_BF, pivot_B[:, None], axis=1)[:, 0]
-  return anchor_B, beta_B, tmin_B, pivot_B, nan_B
+  # Threshold at +inf (at least k entries are +inf): they share k; at -inf (k exceeds the number of
+  # entries above -inf): those get 1 and the -inf entries share the rest. With the anchor at +-R and
+  # unclipped x, L(t) is then the 0/1 indicator of x = +inf (resp. x > -inf).
+  at_pos_inf_B = k_B <= n_pos_B
+  at_neg_inf_B = (k_B > num_f - n_neg_B) & ~at_pos_inf_B
+  share_B = (k_B - (num_f - n_neg_B)) / jnp.maximum(n_neg_B, 1.0)
+  at_inf_B = at_pos_inf_B | at_neg_inf_B
+  zero_B, one_B = jnp.zeros_like(k_B), jnp.ones_like(k_B)
+  return _Solution(
+      anchor_B=jnp.where(at_pos_inf_B, bound, jnp.where(at_neg_inf_B, -bound, anchor_B)),
+      beta_B=jnp.where(at_inf_B, zero_B, beta_B),
+      tmin_B=jnp.where(at_inf_B, zero_B, tmin_B),
+      rel_sum_B=jnp.where(at_inf_B, one_B, rel_sum_B),
+      pivot_B=pivot_B,
+      offset_B=jnp.where(at_neg_inf_B, share_B, zero_B),
+      scale_B=jnp.where(at_pos_inf_B, k_B / jnp.maximum(n_pos_B, 1.0),
+                        jnp.where(at_neg_inf_B, 1.0 - share_B, one_B)),
+      grad_on_B=~at_inf_B & ~jnp.isnan(sorted_BF[:, -1]),
+  )
 
 
-def _fast_threshold(x_BF, k_B, inv_a, num_m: int):
-  """Top-M candidates + one tail log-sum-exp per row; exact full path if any row needs it."""
-  bound, _ = _finite_bounds(x_BF.dtype)
-  cand_BM, index_BM = lax.top_k(x_BF, num_m)
-  cand_nan_B = jnp.any(jnp.isnan(cand_BM), axis=1)
-  cand_BM = jnp.clip(cand_BM, -bound, bound)
-  last_B1 = cand_BM[:, -1:]
-  # One exp-and-sum pass: entries <= s_M contribute exp((x - s_M)/a) (ties at s_M count 1, NaN
-  # propagates); the candidates tied with s_M are then taken out again.
-  x_clip_BF = jnp.clip(x_BF, -bound, bound)
-  term_BF = jnp.where(x_clip_BF > last_B1, 0.0, jnp.exp((x_clip_BF - last_B1) * inv_a))
-  below_sum_B = jnp.sum(term_BF, axis=1)
-  ties_in_cand_B = jnp.sum(cand_BM == last_B1, axis=1, dtype=x_BF.dtype)
-  tail_lse_B = jnp.log(jnp.maximum(below_sum_B - ties_in_cand_B, 0.0))
-  nan_B = cand_nan_B | jnp.isnan(below_sum_B)
-  anchor_B, beta_B, tmin_B, pivot_B, outside_B = _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a,
-                                                                  complete=False)
-  pivot_B = jnp.take_along_axis(index_BM, pivot_B[:, None], axis=1)[:, 0]
+# exp(-23) ~ 1e-10: a tail whose total weight / density is below this fraction (of one entry, resp.
+# of the densest entry) is dropped: far below float32 resolution of the row sums.
+_LOG_NEGLIGIBLE = -23.0
+
+
+def _fast_solution(x_BF, k_B, inv_a, num_m: int):
+  """Top-M candidates + one tail reduction per row; the exact full path if any row needs it.
+
+  Returns ``(solution, index_BM, sparse_grad)``: the candidates' columns, and a scalar bool that is
+  True when every row's tail is negligible in the backward (its total density is below 1e-10 of the
+  largest one), so the VJP can work on the candidates alone.
+  """
   num_f = x_BF.shape[1]
-  needs_full = jnp.any(outside_B & (k_B > 0) & (k_B < num_f) & ~nan_B)
-  return lax.cond(needs_full,
-                  lambda: _full_threshold(x_BF, k_B, inv_a),
-                  lambda: (anchor_B, beta_B, tmin_B, pivot_B, nan_B))
+  dtype = x_BF.dtype
+  bound, _ = _finite_bounds(dtype)
+  raw_BM, index_BM = lax.top_k(x_BF, num_m)  # NaN sorts first
+  n_pos_B = jnp.sum(raw_BM == jnp.inf, axis=1, dtype=dtype)
+  n_live_B = jnp.sum(raw_BM > -jnp.inf, axis=1, dtype=dtype)
+  nan_B = jnp.any(jnp.isnan(raw_BM), axis=1)
+  cand_BM = jnp.clip(raw_BM, -bound, bound)
+  interior_B = (k_B > 0) & (k_B < num_f) & ~nan_B
+  log_tail_count = math.log(num_f - num_m)
+
+  def solve(tail_lse_B):
+    return _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, complete=False)
+
+  def tail_gap(anchor_B, beta_B):  # (b - s_M)/a, >= 0 unless the threshold is below the candidates
+    return (anchor_B - cand_BM[:, -1]) * inv_a + beta_B
+
+  def with_tail():
+    # One exp-and-sum pass: every candidate above -inf contributes exactly 1, every tail entry
+    # exp((x - s_M)/a) <= 1; NaN propagates.
+    zero_B, inv_a_B, last_B = _pass_vectors(cand_BM[:, -1], 0.0, inv_a, cand_BM[:, -1])
+    below_sum_B = jnp.sum(
+        jnp.exp(jnp.minimum(x_BF - last_B[:, None], zero_B[:, None]) * inv_a_B[:, None]), axis=1)
+    tail_lse_B = jnp.log(jnp.maximum(below_sum_B - n_live_B, 0.0))
+    return solve(tail_lse_B), jnp.isnan(below_sum_B), tail_lse_B
+
+  # First solve without the tail. The F - M tail entries, all <= s_M, then carry a total weight of at
+  # most (F - M) exp(-(b - s_M)/a) / 2; when that is negligible in every row (small alpha), the tail
+  # pass is skipped. Otherwise it is computed and the rows re-solved (exact).
+  no_tail = solve(jnp.full(k_B.shape, -jnp.inf, dtype))
+  no_tail_outside_B = no_tail[-1]
+  tail_matters_B = no_tail_outside_B | (log_tail_count - tail_gap(no_tail[0], no_tail[1])
+                                        > _LOG_NEGLIGIBLE)
+  # tail_lse_B: exact when computed, else the bound log(F - M) (each tail term is <= 1).
+  (anchor_B, beta_B, tmin_B, rel_sum_B, pivot_B, outside_B), tail_nan_B, tail_lse_B = lax.cond(
+      jnp.any(tail_matters_B & interior_B), with_tail,
+      lambda: (no_tail, jnp.zeros_like(nan_B), jnp.full(k_B.shape, log_tail_count, dtype)))
+  nan_B = nan_B | tail_nan_B
+
+  # Rows the candidates cannot solve: threshold below s_M, or at +-inf.
+  hard_B = outside_B | (k_B <= n_pos_B) | (k_B > n_live_B)
+  needs_full = jnp.any(hard_B & interior_B & ~nan_B)
+  zero_B, one_B = jnp.zeros_like(k_B), jnp.ones_like(k_B)
+  fast = _Solution(anchor_B, beta_B, tmin_B, rel_sum_B,
+                   jnp.take_along_axis(index_BM, pivot_B[:, None], axis=1)[:, 0],
+                   zero_B, one_B, ~nan_B)
+  solution = lax.cond(needs_full, lambda: _full_solution(x_BF, k_B, inv_a), lambda: fast)
+  # Backward on the candidates alone when the tail's total density relative to the largest one,
+  # W exp(tmin - |t_M|), is negligible in every row.
+  tail_density_log_B = tail_lse_B + tmin_B - tail_gap(anchor_B, beta_B)
+  sparse_grad = ~needs_full & ~jnp.any((tail_density_log_B > _LOG_NEGLIGIBLE) & interior_B)
+  return solution, index_BM, sparse_grad
 
 
 def _candidate_count(max_k: int | None, num_f: int) -> int | None:
@@ -330,19 +423,37 @@ def _soft_topk_fwd_impl(x_BF, k_B, alpha, num_m):
   valid_alpha = alpha > 0
   inv_a = jnp.where(valid_alpha, 1.0 / alpha, jnp.nan).astype(x_BF.dtype)
   if num_m is None:
-    anchor_B, beta_B, tmin_B, pivot_B, nan_B = _full_threshold(x_BF, k_B, inv_a)
+    sol, sparse = _full_solution(x_BF, k_B, inv_a), None
   else:
-    anchor_B, beta_B, tmin_B, pivot_B, nan_B = _fast_threshold(x_BF, k_B, inv_a, num_m)
-  nan_B = nan_B | jnp.isnan(k_B) | ~valid_alpha
-  zeros_B = (k_B <= 0) & ~nan_B
-  ones_B = (k_B >= num_f) & ~nan_B
-  beta_B = jnp.where(nan_B, jnp.nan, beta_B)
-  t_BF = _laplace_t(x_BF, anchor_B, beta_B, inv_a)
-  half_exp_BF = 0.5 * jnp.exp(-jnp.abs(t_BF))
-  w_BF = jnp.where(t_BF > 0, 1.0 - half_exp_BF, half_exp_BF)
-  w_BF = jnp.where(zeros_B[:, None], 0.0, jnp.where(ones_B[:, None], 1.0, w_BF))
-  interior_B = ~(zeros_B | ones_B)
-  return w_BF, (x_BF, anchor_B, beta_B, tmin_B, pivot_B, interior_B, inv_a)
+    sol, index_BM, sparse_grad = _fast_solution(x_BF, k_B, inv_a, num_m)
+    sparse = (index_BM, sparse_grad)
+  # Rows outside 0 < k < F: constant 0 or 1; NaN in x, k or alpha: NaN (scale NaN reaches every entry).
+  zeros_B = k_B <= 0
+  ones_B = k_B >= num_f
+  flat_B = zeros_B | ones_B
+  bad_B = jnp.isnan(k_B) | ~valid_alpha | jnp.isnan(sol.beta_B)
+  zero_B = jnp.zeros_like(k_B)
+  sol = sol._replace(
+      anchor_B=jnp.where(flat_B, zero_B, sol.anchor_B),
+      beta_B=jnp.where(flat_B, zero_B, sol.beta_B),
+      tmin_B=jnp.where(sol.grad_on_B & ~flat_B, sol.tmin_B, zero_B),
+      rel_sum_B=jnp.where(sol.grad_on_B & ~flat_B, sol.rel_sum_B, 1.0),
+      offset_B=jnp.where(ones_B, 1.0, jnp.where(zeros_B, 0.0, sol.offset_B)),
+      scale_B=jnp.where(bad_B & ~flat_B, jnp.nan, jnp.where(flat_B, 0.0, sol.scale_B)),
+      grad_on_B=sol.grad_on_B & ~flat_B,
+  )
+  # w = offset + scale * L(t) with L(t) = e/2 + H(t) (1 - e), e = exp(-|t|), H the unit step
+  # (min(max(t * huge, 0), 1) is exact wherever it matters: for |t| < 1/huge, 1 - e = 0). One exp, no
+  # select, so XLA can fuse it into a consumer's reduction; tiny weights keep full relative precision.
+  zero_B, one_B, half_B, huge_B, inv_a_B, anchor_B, beta_B, offset_B, scale_B = _pass_vectors(
+      sol.tmin_B, 0.0, 1.0, 0.5, float(jnp.finfo(x_BF.dtype).max) / 4, inv_a, sol.anchor_B,
+      sol.beta_B, sol.offset_B, sol.scale_B)
+  t_BF = _laplace_t(x_BF, anchor_B, beta_B, inv_a_B)
+  e_BF = jnp.exp(jnp.minimum(t_BF, -t_BF))
+  step_BF = jnp.minimum(jnp.maximum(t_BF * huge_B[:, None], zero_B[:, None]), one_B[:, None])
+  cdf_BF = half_B[:, None] * e_BF + step_BF * (one_B[:, None] - e_BF)
+  w_BF = offset_B[:, None] + scale_B[:, None] * cdf_BF
+  return w_BF, (x_BF, sol, inv_a, sparse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -357,24 +468,66 @@ def _soft_topk_rows_fwd(x_BF, k_B, alpha, num_m):
 def _soft_topk_rows_bwd(num_m, res, v_BF):
   """Implicit differentiation of sum_j L((x_j - b)/a) = k (LapSum, spec section 1.5)."""
   del num_m
-  x_BF, anchor_B, beta_B, tmin_B, pivot_B, interior_B, inv_a = res
-  t_BF = _laplace_t(x_BF, anchor_B, beta_B, inv_a)
-  abs_t_BF = jnp.abs(t_BF)
-  # Densities relative to the largest one (every exponent <= 0, the largest term is 1): their ratio
-  # S = sum v q / sum q survives when every q itself underflows (threshold deep inside a gap).
-  # S is accumulated as an offset from v at the densest entry (the pivot): when one entry carries
-  # nearly all the density, v_pivot - S is then exact instead of a float32 cancellation.
-  rel_BF = jnp.exp(tmin_B[:, None] - abs_t_BF)
-  v_pivot_B1 = jnp.take_along_axis(v_BF, pivot_B[:, None], axis=1)
-  dv_BF = v_BF - v_pivot_B1
-  offset_B1 = (jnp.sum(dv_BF * rel_BF, axis=1) / jnp.sum(rel_BF, axis=1))[:, None]
-  slope_B = v_pivot_B1[:, 0] + offset_B1[:, 0]  # S = dL/dk
-  q_BF = (0.5 * inv_a) * jnp.exp(-abs_t_BF)  # Laplace pdf of (x - b)/a, divided by a
-  dx_BF = jnp.where(interior_B[:, None], q_BF * (dv_BF - offset_B1), 0.0)
-  dk_B = jnp.where(interior_B, slope_B, 0.0)
-  # dL/da = -(1/a) sum_j v_j q_j (x_j - X) = -sum_j dx_j t_j (sum_j dx_j = 0 absorbs the shift).
-  da = -jnp.sum(jnp.where(dx_BF == 0, 0.0, dx_BF * t_BF))
-  return dx_BF, dk_B, da.astype(inv_a.dtype)
+  x_BF, sol, inv_a, sparse = res
+  nan_B = jnp.isnan(sol.scale_B)
+  # q = exp(-|t|) / (2a), the Laplace density at the solution, is evaluated as exp(log_scale - |t|);
+  # rows without gradient get q = 0 (log_scale -inf), NaN rows NaN.
+  log_scale_B = jnp.where(sol.grad_on_B, jnp.log(0.5 * inv_a), jnp.where(nan_B, jnp.nan, -jnp.inf))
+  v_pivot_B = jnp.take_along_axis(v_BF, sol.pivot_B[:, None], axis=1)[:, 0]
+  args = (x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B)
+  if sparse is None:
+    dx_BF, slope_B, da = _vjp_dense(*args)
+  else:
+    index_BM, sparse_grad = sparse
+    dx_BF, slope_B, da = lax.cond(sparse_grad, lambda: _vjp_candidates(*args, index_BM),
+                                  lambda: _vjp_dense(*args))
+  dk_B = jnp.where(sol.grad_on_B | nan_B, slope_B, 0.0)
+  return dx_BF, dk_B.astype(x_BF.dtype), da.astype(inv_a.dtype)
+
+
+def _vjp_dense(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B):
+  """dL/dx, S = dL/dk and dL/da with two passes over [B, F]: a row reduction, then dx."""
+  # S = sum v q / sum q from densities relative to the largest one (exponents <= 0, the largest term
+  # is 1; the denominator comes from the solve), so it survives when every q underflows (threshold
+  # deep inside a gap). It is accumulated as an offset from v at the densest entry (the pivot): when
+  # one entry carries nearly all the density, v_pivot - S is then exact instead of a cancellation.
+  # Pass 1 writes t as -t so that XLA does not share one materialised [B, F] t between the passes.
+  inv_a_B, anchor_B, beta_B, tmin_B, v_pivot_1_B = _pass_vectors(
+      v_pivot_B, inv_a, sol.anchor_B, sol.beta_B, sol.tmin_B, v_pivot_B)
+  minus_t_BF = (anchor_B[:, None] - x_BF) * inv_a_B[:, None] + beta_B[:, None]
+  rel_BF = jnp.exp(jnp.minimum(minus_t_BF, -minus_t_BF) + tmin_B[:, None])
+  offset_B = jnp.sum(rel_BF * (v_BF - v_pivot_1_B[:, None]), axis=1) / sol.rel_sum_B
+  slope_B = v_pivot_B + offset_B  # S = dL/dk
+  # Pass 2: dL/dx = q (v - S).
+  inv_a_B, anchor_B, beta_B, log_scale_B, v_pivot_2_B, offset_B = _pass_vectors(
+      offset_B, inv_a, sol.anchor_B, sol.beta_B, log_scale_B, v_pivot_B, offset_B)
+  t_BF = _laplace_t(x_BF, anchor_B, beta_B, inv_a_B)
+  q_BF = jnp.exp(log_scale_B[:, None] - jnp.maximum(t_BF, -t_BF))
+  dx_BF = q_BF * ((v_BF - v_pivot_2_B[:, None]) - offset_B[:, None])
+  return dx_BF, slope_B, _alpha_grad(dx_BF, t_BF)
+
+
+def _vjp_candidates(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B, index_BM):
+  """The same VJP from the top-M candidates alone (their tail's density is negligible): a gather,
+  [B, M] arithmetic and a scatter into zeros instead of two passes over [B, F]."""
+  x_BM = jnp.take_along_axis(x_BF, index_BM, axis=1)
+  v_BM = jnp.take_along_axis(v_BF, index_BM, axis=1)
+  t_BM = _laplace_t(x_BM, sol.anchor_B, sol.beta_B, jnp.broadcast_to(inv_a, sol.beta_B.shape))
+  neg_abs_t_BM = jnp.minimum(t_BM, -t_BM)
+  rel_BM = jnp.exp(neg_abs_t_BM + sol.tmin_B[:, None])
+  offset_B = jnp.sum(rel_BM * (v_BM - v_pivot_B[:, None]), axis=1) / sol.rel_sum_B
+  q_BM = jnp.exp(neg_abs_t_BM + log_scale_B[:, None])
+  dx_BM = q_BM * ((v_BM - v_pivot_B[:, None]) - offset_B[:, None])
+  rows_BM = lax.broadcasted_iota(jnp.int32, index_BM.shape, 0)
+  dx_BF = jnp.zeros_like(x_BF).at[rows_BM, index_BM].set(dx_BM, unique_indices=True)
+  return dx_BF, v_pivot_B + offset_B, _alpha_grad(dx_BM, t_BM)
+
+
+def _alpha_grad(dx_BF, t_BF):
+  """dL/da = -(1/a) sum_j v_j q_j (x_j - X) = -sum_j dx_j t_j (sum_j dx_j = 0 absorbs the shift);
+  t is clipped so that dx = 0 at t = +-inf contributes 0."""
+  big = float(jnp.finfo(t_BF.dtype).max) ** 0.5
+  return -jnp.sum(dx_BF * jnp.clip(t_BF, -big, big))
 
 
 _soft_topk_rows.defvjp(_soft_topk_rows_fwd, _soft_topk_rows_bwd)
