@@ -16,7 +16,7 @@ and tail sums
     U_m = sum_{i <= m} exp(-(s_i - s_m) / a),   V_m = sum_{i >= m} exp(-(s_m - s_i) / a)
 
 follow the affine recursions ``U_{m+1} = 1 + E_m U_m`` and ``V_m = 1 + E_m V_{m+1}`` (every multiplier
-<= 1, so an associative scan is stable; ``logcumsumexp(-s/a) - s_m/a`` is not, at a = 1e-4 in float32).
+<= 1, so a scan is stable; ``logcumsumexp(-s/a) - s_m/a`` is not, at a = 1e-4 in float32).
 The knot values ``G(s_m) = m - 1/2 + (V_m - U_m)/2`` increase with ``m``; between two knots the equation
 is a quadratic in ``exp(b/a)`` whose cancellation-free root is evaluated in log space, so that a gap of
 thousands of ``a`` (where ``exp(-d/a)`` underflows, e.g. an integer ``k`` with the threshold in the middle
@@ -159,16 +159,28 @@ def hard_topk(x, k, *, max_k: int):
 # Soft top-k: the threshold solve.
 
 
-def _affine_scan(mult_BM, add_BM):
-  """y_m = mult_m * y_{m-1} + add_m along axis 1, from y_1 = add_1 (callers pass mult_1 = 0)."""
+def _head_tail_sums(decay_BM1, tail_sum_B):
+  """U_m and V_m of the module docstring: U_1 = 1, U_{m+1} = 1 + E_m U_m and V_M = 1 + W,
+  V_m = 1 + E_m V_{m+1}, with every multiplier E_m <= 1 (so both recursions are stable).
 
-  def combine(first, second):
-    mult_a, add_a = first
-    mult_b, add_b = second
-    return mult_b * mult_a, mult_b * add_a + add_b
+  One sequential ``lax.scan`` runs both directions at once: it compiles to one small loop (an
+  associative scan unrolls into many fusions, which made compilation several times slower), and its
+  per-step cost is negligible next to the top-k (M steps) or the sort (F steps) that precede it.
+  """
+  decay_M1B = decay_BM1.T
 
-  _, y_BM = lax.associative_scan(combine, (mult_BM, add_BM), axis=1)
-  return y_BM
+  def step(carry, decay):
+    head_B, tail_B = carry
+    head_B = 1.0 + decay[0] * head_B
+    tail_B = 1.0 + decay[1] * tail_B
+    return (head_B, tail_B), (head_B, tail_B)
+
+  ones_B = jnp.ones_like(tail_sum_B)
+  _, (head_M1B, tail_M1B) = lax.scan(step, (ones_B, ones_B + tail_sum_B),
+                                     (decay_M1B, jnp.flip(decay_M1B, 0)))
+  head_BM = jnp.concatenate([ones_B[:, None], head_M1B.T], axis=1)
+  tail_BM = jnp.concatenate([jnp.flip(tail_M1B, 0).T, (ones_B + tail_sum_B)[:, None]], axis=1)
+  return head_BM, tail_BM
 
 
 def _finite_bounds(dtype):
@@ -219,19 +231,12 @@ def _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, *, complete: bool):
 
   # Scaled gaps d_m / a >= 0 and E_m = exp(-d_m / a) in (0, 1].
   gap_BM1 = jnp.minimum((cand_BM[:, :-1] - cand_BM[:, 1:]) * inv_a, gap_cap)
-  ones_BM = jnp.ones_like(cand_BM)
   tail_sum_B = jnp.exp(tail_lse_B)
   if num_m > 1:
-    decay_BM1 = jnp.exp(-gap_BM1)
-    zero_B1 = jnp.zeros((num_b, 1), dtype)
-    head_BM = _affine_scan(jnp.concatenate([zero_B1, decay_BM1], axis=1), ones_BM)  # U_m
-    # V_M = 1 + W, V_m = 1 + E_m V_{m+1}: the same scan over the reversed rows.
-    tail_add_BM = ones_BM.at[:, -1].add(tail_sum_B)
-    tail_BM = jnp.flip(_affine_scan(jnp.concatenate([zero_B1, jnp.flip(decay_BM1, 1)], axis=1),
-                                    jnp.flip(tail_add_BM, 1)), 1)  # V_m
+    head_BM, tail_BM = _head_tail_sums(jnp.exp(-gap_BM1), tail_sum_B)  # U_m, V_m
   else:
-    head_BM = ones_BM
-    tail_BM = ones_BM + tail_sum_B[:, None]
+    head_BM = jnp.ones_like(cand_BM)
+    tail_BM = head_BM + tail_sum_B[:, None]
 
   # Knot values G(s_m), increasing in m; count = number of knots <= k.
   m_M = jnp.arange(1, num_m + 1, dtype=dtype)
@@ -367,33 +372,33 @@ def _fast_solution(x_BF, k_B, inv_a, num_m: int):
   interior_B = (k_B > 0) & (k_B < num_f) & ~nan_B
   log_tail_count = math.log(num_f - num_m)
 
-  def solve(tail_lse_B):
-    return _solve_threshold(cand_BM, tail_lse_B, k_B, inv_a, complete=False)
-
   def tail_gap(anchor_B, beta_B):  # (b - s_M)/a, >= 0 unless the threshold is below the candidates
     return (anchor_B - cand_BM[:, -1]) * inv_a + beta_B
 
-  def with_tail():
+  def tail_lse():
     # One exp-and-sum pass: every candidate above -inf contributes exactly 1, every tail entry
     # exp((x - s_M)/a) <= 1; NaN propagates.
     zero_B, inv_a_B, last_B = _pass_vectors(cand_BM[:, -1], 0.0, inv_a, cand_BM[:, -1])
     below_sum_B = jnp.sum(
         jnp.exp(jnp.minimum(x_BF - last_B[:, None], zero_B[:, None]) * inv_a_B[:, None]), axis=1)
-    tail_lse_B = jnp.log(jnp.maximum(below_sum_B - n_live_B, 0.0))
-    return solve(tail_lse_B), jnp.isnan(below_sum_B), tail_lse_B
+    return jnp.log(jnp.maximum(below_sum_B - n_live_B, 0.0)), jnp.isnan(below_sum_B)
 
-  # First solve without the tail. The F - M tail entries, all <= s_M, then carry a total weight of at
-  # most (F - M) exp(-(b - s_M)/a) / 2; when that is negligible in every row (small alpha), the tail
-  # pass is skipped. Otherwise it is computed and the rows re-solved (exact).
-  no_tail = solve(jnp.full(k_B.shape, -jnp.inf, dtype))
-  no_tail_outside_B = no_tail[-1]
-  tail_matters_B = no_tail_outside_B | (log_tail_count - tail_gap(no_tail[0], no_tail[1])
-                                        > _LOG_NEGLIGIBLE)
-  # tail_lse_B: exact when computed, else the bound log(F - M) (each tail term is <= 1).
-  (anchor_B, beta_B, tmin_B, rel_sum_B, pivot_B, outside_B), tail_nan_B, tail_lse_B = lax.cond(
-      jnp.any(tail_matters_B & interior_B), with_tail,
-      lambda: (no_tail, jnp.zeros_like(nan_B), jnp.full(k_B.shape, log_tail_count, dtype)))
+  # The F - M tail entries (each <= s_M) carry a total weight below (F - M) exp(-(b - s_M)/a) / 2.
+  # Without solving, b >= s_r - a log(r/2) with r = floor(k) + 2 (else the top r entries alone would
+  # weigh more than k). When that bounds the tail's weight below 1e-10 in every row (small alpha),
+  # the tail pass is skipped and tail_lse is replaced by its upper bound log(F - M) where only a
+  # bound is needed (the sparse-backward test below); the solve then uses an empty tail.
+  rank_B = jnp.clip(jnp.floor(k_B).astype(jnp.int32) + 2, 2, num_m)
+  s_rank_B = jnp.take_along_axis(cand_BM, (rank_B - 1)[:, None], axis=1)[:, 0]
+  gap_bound_B = (s_rank_B - cand_BM[:, -1]) * inv_a - jnp.log(0.5 * rank_B.astype(dtype))
+  tail_matters_B = log_tail_count - gap_bound_B > _LOG_NEGLIGIBLE
+  tail_lse_B, tail_nan_B = lax.cond(
+      jnp.any(tail_matters_B & interior_B), tail_lse,
+      lambda: (jnp.full(k_B.shape, -jnp.inf, dtype), jnp.zeros_like(nan_B)))
   nan_B = nan_B | tail_nan_B
+  anchor_B, beta_B, tmin_B, rel_sum_B, pivot_B, outside_B = _solve_threshold(
+      cand_BM, tail_lse_B, k_B, inv_a, complete=False)
+  tail_bound_lse_B = jnp.where(tail_matters_B, tail_lse_B, log_tail_count)
 
   # Rows the candidates cannot solve: threshold below s_M, or at +-inf.
   hard_B = outside_B | (k_B <= n_pos_B) | (k_B > n_live_B)
@@ -405,7 +410,7 @@ def _fast_solution(x_BF, k_B, inv_a, num_m: int):
   solution = lax.cond(needs_full, lambda: _full_solution(x_BF, k_B, inv_a), lambda: fast)
   # Backward on the candidates alone when the tail's total density relative to the largest one,
   # W exp(tmin - |t_M|), is negligible in every row.
-  tail_density_log_B = tail_lse_B + tmin_B - tail_gap(anchor_B, beta_B)
+  tail_density_log_B = tail_bound_lse_B + tmin_B - tail_gap(anchor_B, beta_B)
   sparse_grad = ~needs_full & ~jnp.any((tail_density_log_B > _LOG_NEGLIGIBLE) & interior_B)
   return solution, index_BM, sparse_grad
 
