@@ -228,11 +228,13 @@ def test_max_k_fallback_rows():
   x = np.array(_data(11))
   k = np.array(_ks(12))
   num_m = MAX_K + topk._EXTRA_CANDIDATES
-  # Row 0: 40 entries tied at 5 (more than the M = 32 candidates), k = 22 <= max_k. At b = s_M = 5
-  # the row weighs only 40 / 2 = 20 < k, so the threshold lies below the candidates: the exact
-  # full-sort fallback must run, and the tied entries share k (22 / 40 each at small alpha).
-  x[0, :40] = 5.0
-  k[0] = 22.0
+  # Row 0: 44 entries tied at 5 (more than the M = max_k + 16 = 40 candidates), k = 23 <= max_k.
+  # At b = s_M = 5 the row weighs only 44 / 2 = 22 < k, so the threshold lies below the candidates:
+  # the exact full-sort fallback must run, and the tied entries share k (23 / 44 each at small
+  # alpha).
+  assert num_m < 44
+  x[0, :44] = 5.0
+  k[0] = 23.0
   # Row 1: all-zero row: 0 < k < F gives k / F everywhere (also below s_M for k > F / 2).
   x[1] = 0.0
   k[1] = 60.0
@@ -252,7 +254,7 @@ def test_max_k_fallback_rows():
     np.testing.assert_allclose(g_fast[0], g_full[0], atol=1e-5 / alpha)
     np.testing.assert_allclose(g_fast[1], g_full[1], atol=1e-5)
     if alpha == 1e-4:
-      np.testing.assert_allclose(w_fast[0, :40], 22.0 / 40, rtol=1e-5)
+      np.testing.assert_allclose(w_fast[0, :44], 23.0 / 44, rtol=1e-5)
     np.testing.assert_allclose(w_fast[1], 60.0 / NUM_F, rtol=1e-5)
 
 
