@@ -31,6 +31,15 @@ which is also what a latent-sharded layout can produce from per-shard reductions
 ``M`` values per shard. Rows with ``k > G(s_M)`` (threshold below the candidates: many near-ties at the
 candidate boundary, or ``k`` above ``max_k``) are detected and the whole batch is then recomputed on the
 exact full-sort path.
+
+Precision. The threshold is kept as ``b = anchor + a * beta`` with ``anchor`` a candidate next to it, so
+``t_j = (x_j - anchor)/a - beta`` is accurate to float32 rounding of ``t`` itself, not of ``b / a``
+(at a = 1e-4 the latter would be off by ~5e-3 for x ~ 5).
+
+Cost on XLA:CPU (fast path, B x F rows): one ``lax.top_k``; one exp-and-sum pass for the tail (skipped
+when the tail provably weighs < 1e-10); one fused pass for the weights; in the backward one reduction
+pass and one pass writing dL/dx, or (small alpha, negligible tail density) a gather, [B, M] arithmetic
+and a scatter into zeros. ``_pass_vectors`` explains how each pass is kept a single fused kernel.
 """
 
 from __future__ import annotations
@@ -97,7 +106,7 @@ def hard_topk_mask(x, k, *, max_k: int):
   Args:
     x: ``[..., F]`` floating scores.
     k: ``[...]`` per-row count (or a scalar for every row). May be a float array: ``floor(k)`` is
-      taken, then clipped to ``[0, max_k]``.
+      taken, then clipped to ``[0, max_k]`` (a NaN count selects nothing).
     max_k: static Python int, ``0 <= max_k <= F``, an upper bound on ``k`` over all rows (the size
       of the ``lax.top_k`` call).
 
@@ -124,7 +133,7 @@ def hard_topk_mask(x, k, *, max_k: int):
   num_b = k_B.shape[0]
   if max_k == 0 or num_b == 0:
     return jnp.zeros(x.shape, bool)
-  count_B = jnp.clip(jnp.floor(k_B), 0, max_k).astype(jnp.int32)
+  count_B = jnp.clip(jnp.floor(jnp.nan_to_num(k_B, nan=0.0)), 0, max_k).astype(jnp.int32)
   # lax.top_k on bf16/f16 is far slower than on f32 on CPU; the up-cast is exact, so order and ties
   # are unchanged.
   x_BF = x.reshape(num_b, num_f).astype(_compute_dtype(x.dtype))
@@ -359,9 +368,11 @@ _LOG_NEGLIGIBLE = -23.0
 def _fast_solution(x_BF, k_B, inv_a, num_m: int):
   """Top-M candidates + one tail reduction per row; the exact full path if any row needs it.
 
-  Returns ``(solution, index_BM, sparse_grad)``: the candidates' columns, and a scalar bool that is
-  True when every row's tail is negligible in the backward (its total density is below 1e-10 of the
-  largest one), so the VJP can work on the candidates alone.
+  Returns ``(solution, index_BM, sparse_grad, rel_sum_complete)``: the candidates' columns; a scalar
+  bool, True when every row's tail is negligible in the backward (its total density is below 1e-10
+  of the largest one), so the VJP can work on the candidates alone; and a scalar bool, False when the
+  tail pass was skipped, so ``solution.rel_sum_B`` lacks the tail's (negligible weight, but not
+  necessarily negligible density) share and a dense VJP must recompute it.
   """
   num_f = x_BF.shape[1]
   dtype = x_BF.dtype
@@ -394,8 +405,9 @@ def _fast_solution(x_BF, k_B, inv_a, num_m: int):
   s_rank_B = jnp.take_along_axis(cand_BM, (rank_B - 1)[:, None], axis=1)[:, 0]
   gap_bound_B = (s_rank_B - cand_BM[:, -1]) * inv_a - jnp.log(0.5 * rank_B.astype(dtype))
   tail_matters_B = log_tail_count - gap_bound_B > _LOG_NEGLIGIBLE
+  tail_computed = jnp.any(tail_matters_B & interior_B)
   tail_lse_B, tail_nan_B = lax.cond(
-      jnp.any(tail_matters_B & interior_B), tail_lse,
+      tail_computed, tail_lse,
       lambda: (jnp.full(k_B.shape, -jnp.inf, dtype), jnp.zeros_like(nan_B)))
   nan_B = nan_B | tail_nan_B
   anchor_B, beta_B, tmin_B, rel_sum_B, pivot_B, outside_B = _solve_threshold(
@@ -414,7 +426,7 @@ def _fast_solution(x_BF, k_B, inv_a, num_m: int):
   # W exp(tmin - |t_M|), is negligible in every row.
   tail_density_log_B = tail_bound_lse_B + tmin_B - tail_gap(anchor_B, beta_B)
   sparse_grad = ~needs_full & ~jnp.any((tail_density_log_B > _LOG_NEGLIGIBLE) & interior_B)
-  return solution, index_BM, sparse_grad
+  return solution, index_BM, sparse_grad, needs_full | tail_computed
 
 
 def _candidate_count(max_k: int | None, num_f: int) -> int | None:
@@ -432,8 +444,8 @@ def _soft_topk_fwd_impl(x_BF, k_B, alpha, num_m):
   if num_m is None:
     sol, sparse = _full_solution(x_BF, k_B, inv_a), None
   else:
-    sol, index_BM, sparse_grad = _fast_solution(x_BF, k_B, inv_a, num_m)
-    sparse = (index_BM, sparse_grad)
+    sol, index_BM, sparse_grad, rel_sum_complete = _fast_solution(x_BF, k_B, inv_a, num_m)
+    sparse = (index_BM, sparse_grad, rel_sum_complete)
   # Rows outside 0 < k < F: constant 0 or 1; NaN in x, k or alpha: NaN (scale NaN reaches every entry).
   zeros_B = k_B <= 0
   ones_B = k_B >= num_f
@@ -485,15 +497,16 @@ def _soft_topk_rows_bwd(num_m, res, v_BF):
   if sparse is None:
     dx_BF, slope_B, da = _vjp_dense(*args)
   else:
-    index_BM, sparse_grad = sparse
+    index_BM, sparse_grad, rel_sum_complete = sparse
     dx_BF, slope_B, da = lax.cond(sparse_grad, lambda: _vjp_candidates(*args, index_BM),
-                                  lambda: _vjp_dense(*args))
+                                  lambda: _vjp_dense(*args, rel_sum_complete=rel_sum_complete))
   dk_B = jnp.where(sol.grad_on_B | nan_B, slope_B, 0.0)
   return dx_BF, dk_B.astype(x_BF.dtype), da.astype(inv_a.dtype)
 
 
-def _vjp_dense(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B):
-  """dL/dx, S = dL/dk and dL/da with two passes over [B, F]: a row reduction, then dx."""
+def _vjp_dense(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B, rel_sum_complete=None):
+  """dL/dx, S = dL/dk and dL/da with two passes over [B, F]: a row reduction, then dx (plus one
+  more reduction for the density total when the forward skipped the tail pass)."""
   # S = sum v q / sum q from densities relative to the largest one (exponents <= 0, the largest term
   # is 1; the denominator comes from the solve), so it survives when every q underflows (threshold
   # deep inside a gap). It is accumulated as an offset from v at the densest entry (the pivot): when
@@ -503,7 +516,16 @@ def _vjp_dense(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B):
       v_pivot_B, inv_a, sol.anchor_B, sol.beta_B, sol.tmin_B, v_pivot_B)
   minus_t_BF = (anchor_B[:, None] - x_BF) * inv_a_B[:, None] + beta_B[:, None]
   rel_BF = jnp.exp(jnp.minimum(minus_t_BF, -minus_t_BF) + tmin_B[:, None])
-  offset_B = jnp.sum(rel_BF * (v_BF - v_pivot_1_B[:, None]), axis=1) / sol.rel_sum_B
+  rel_sum_B = sol.rel_sum_B
+  if rel_sum_complete is not None:
+    # The solve's total lacks the tail when the forward skipped the tail pass.
+    inv_a_0_B, anchor_0_B, beta_0_B, tmin_0_B = _pass_vectors(
+        sol.rel_sum_B, inv_a, sol.anchor_B, sol.beta_B, sol.tmin_B)
+    rel_sum_B = lax.cond(
+        rel_sum_complete, lambda: sol.rel_sum_B,
+        lambda: jnp.sum(jnp.exp(tmin_0_B[:, None] - jnp.abs(
+            _laplace_t(x_BF, anchor_0_B, beta_0_B, inv_a_0_B))), axis=1))
+  offset_B = jnp.sum(rel_BF * (v_BF - v_pivot_1_B[:, None]), axis=1) / rel_sum_B
   slope_B = v_pivot_B + offset_B  # S = dL/dk
   # Pass 2: dL/dx = q (v - S).
   inv_a_B, anchor_B, beta_B, log_scale_B, v_pivot_2_B, offset_B = _pass_vectors(

@@ -258,6 +258,26 @@ def test_max_k_fallback_rows():
     np.testing.assert_allclose(w_fast[1], 60.0 / NUM_F, rtol=1e-5)
 
 
+def test_max_k_path_skipped_tail_with_dense_backward():
+  # Near-ties above the threshold: the tail provably weighs < 1e-10 (tail pass skipped), yet its
+  # density is not negligible next to the largest one, so the dense backward must recompute the
+  # density total itself.
+  alpha = 0.01
+  x = np.full((NUM_B, NUM_F), 1.0 - 30.3 * alpha, np.float32)
+  x[:, :19] = 1.0 + np.linspace(0, 0.5 * alpha, 19)[None, :] * (np.arange(NUM_B) % 2)[:, None]
+  k = jnp.full((NUM_B,), 17.5, jnp.float32)
+  x = jnp.asarray(x)
+  _, _, sparse_grad, rel_sum_complete = topk._fast_solution(
+      x, k, jnp.float32(1 / alpha), MAX_K + topk._EXTRA_CANDIDATES)
+  assert not bool(sparse_grad) and not bool(rel_sum_complete)  # the case this test is about
+  v = _data(27)
+  w_full, g_full = _vjp_fn(None)(x, k, jnp.float32(alpha), v)
+  w_fast, g_fast = _vjp_fn(MAX_K)(x, k, jnp.float32(alpha), v)
+  np.testing.assert_allclose(w_fast, w_full, atol=2e-6)
+  np.testing.assert_allclose(g_fast[0], g_full[0], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(g_fast[1], g_full[1], rtol=1e-4, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------------
 # Gradients: finite differences in float64.
 
