@@ -4,8 +4,10 @@ Run:
   softsae train --data DATA --workdir runs/tiny --config configs/tiny.py
   softsae eval  --data DATA --workdir runs/tiny
 
-Expected on the small synthetic mixture (`softsae bench synthetic --preset small` writes one):
-FVU well below 1 (about 0.3-0.5 after 600 steps), mean k-hat near the target k=8, no dead latents.
+Expected on the small synthetic mixture (d=48, true k in {2,4,8,16}; e.g.
+`synthetic.write_dataset(DIR, synthetic.make_preset("small", "mixture")[0])`): FVU about 0.40, mean
+inference L0 about 5.7 (mean k-hat about 6.2, under the budget k=8), no dead latents (measured
+2026-11-29 on a 2-core CPU, 14 s).
 """
 
 from softsae_jax.config import Config, SaeConfig, TrainConfig

@@ -73,7 +73,7 @@ def np_softsae(p, x, cfg, alpha, budget, dead):
 
 @pytest.fixture(scope="module")
 def setup():
-  cfg = SaeConfig(arch="softsae", d_in=D, n_latents=F, k=3, k_max=6, top_k_aux=4)
+  cfg = SaeConfig(arch="softsae", d_in=D, n_latents=F, k=3, k_max=6, top_k_aux=4, soft_grad="faithful")
   p32, p64 = random_params(cfg)
   x = np.random.default_rng(1).normal(size=(B, D)).astype(np.float32)
   return cfg, p32, p64, x
