@@ -42,14 +42,17 @@ def schedules(cfg: Config, step) -> tuple[jax.Array, jax.Array, jax.Array]:
   k_anneal = int(round(cfg.train.k_anneal_frac * t))
   a_anneal = int(round(cfg.train.alpha_anneal_frac * t))
   d, k = cfg.sae.d_in, cfg.sae.k
+  # The end values are selected explicitly: under jit XLA turns the division by the constant into a
+  # multiplication by its reciprocal, r can come out 1 ulp above 1 and floor(...) would then give
+  # k - 1 for the rest of the run.
   if k_anneal > 0:
     r = jnp.minimum(s, k_anneal) / k_anneal
-    budget = jnp.floor(d * (1.0 - r) + k * r)
+    budget = jnp.where(s >= k_anneal, float(k), jnp.floor(d * (1.0 - r) + k * r))
   else:
     budget = jnp.asarray(float(k))
   if a_anneal > 0:
     r = jnp.minimum(s, a_anneal) / a_anneal
-    alpha = cfg.sae.alpha_start * (1.0 - r) + cfg.sae.alpha * r
+    alpha = jnp.where(s >= a_anneal, cfg.sae.alpha, cfg.sae.alpha_start * (1.0 - r) + cfg.sae.alpha * r)
   else:
     alpha = jnp.asarray(cfg.sae.alpha, jnp.float32)
   n_hard = int(round(cfg.train.hard_frac * t)) if cfg.sae.arch == "softsae" else 0

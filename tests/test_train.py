@@ -42,6 +42,16 @@ def test_schedules_follow_spec():
   assert not bool(schedules(cfg, 95)[2]) and bool(schedules(cfg, 96)[2])  # strict: s > T - H
 
 
+@pytest.mark.parametrize("steps", [100, 200, 600, 1500, 5000, 20000])
+def test_schedule_end_values_under_jit(steps):
+  """Under jit the annealed budget must end at exactly sae.k (a reciprocal-multiply once gave k - 1)."""
+  cfg = config_lib.Config(sae=config_lib.SaeConfig(arch="softsae", k=8, n_latents=384),
+                          train=config_lib.TrainConfig(steps=steps)).resolve(48)
+  budget, alpha, _ = jax.jit(lambda s: schedules(cfg, s))(jnp.int32(steps - 1))
+  assert float(budget) == 8.0
+  assert float(alpha) == np.float32(cfg.sae.alpha)
+
+
 def test_lr_schedule_warmup_and_decay():
   cfg = make_cfg(**{"train.lr": 1e-3, "train.warmup_frac": 0.1, "train.decay_start_frac": 0.8})
   s = lr_schedule(cfg)
