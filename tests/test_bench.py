@@ -1,0 +1,191 @@
+"""softsae bench: metric functions on hand-made inputs, and the tiny preset end to end through the CLI."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from softsae_jax import bench, cli
+from softsae_jax.shards import open_dataset
+
+
+# --------------------------------------------------------------------------------------------------
+# Metric functions.
+
+
+def test_rankdata_averages_ties():
+  assert bench.rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+  assert bench.rankdata([3, 3, 3]).tolist() == [2.0, 2.0, 2.0]
+  assert bench.rankdata([]).tolist() == []
+
+
+def test_spearman_hand_values():
+  assert bench.spearman([1, 2, 3, 4], [1, 4, 9, 16]) == pytest.approx(1.0)  # monotone, not linear
+  assert bench.spearman([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
+  # x ranks 1,2,3,4; y = [1, 3, 2, 4] -> d = 0, -1, 1, 0: 1 - 6*2/(4*15) = 0.8.
+  assert bench.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+  # With ties: y ranks [1.5, 1.5, 3, 4] against x ranks [1, 2, 3, 4]: Pearson of the ranks.
+  ry = np.array([1.5, 1.5, 3, 4])
+  rx = np.arange(1.0, 5.0)
+  expected = np.corrcoef(rx, ry)[0, 1]
+  assert bench.spearman([1, 2, 3, 4], [7, 7, 8, 9]) == pytest.approx(expected)
+  assert math.isnan(bench.spearman([1, 2, 3], [5, 5, 5]))  # constant: undefined
+
+
+def test_spearman_matches_scipy():
+  stats = pytest.importorskip("scipy.stats")
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 5, 200)
+  y = x + rng.integers(0, 3, 200)
+  assert bench.spearman(x, y) == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-12)
+  assert bench.pearson(x, y) == pytest.approx(stats.pearsonr(x, y)[0], abs=1e-12)
+
+
+def test_pearson_hand_value():
+  # x = [0, 1, 2], y = [0, 1, 5]: cov = 5/... -> r = 5 / sqrt(2 * 14) (centred sums).
+  assert bench.pearson([0, 1, 2], [0, 1, 5]) == pytest.approx(5 / math.sqrt(2 * 14))
+
+
+def test_kl_int_hand_values():
+  assert bench.kl_int([2, 4, 4, 8], [2, 4, 4, 8]) == 0.0
+  # P from [0, 1], Q from [0, 0], pseudo-count 0.5: p = (1/2, 1/2), q = (5/6, 1/6).
+  assert bench.kl_int([0, 1], [0, 0]) == pytest.approx(0.5 * math.log(0.6) + 0.5 * math.log(3.0))
+  assert bench.kl_int([0, 1], [0, 0], smoothing=0.0) == math.inf
+  # Always >= 0, and finite for disjoint supports thanks to the pseudo-count.
+  assert 0.0 < bench.kl_int([2] * 10, [8] * 10) < math.inf
+  with pytest.raises(ValueError):
+    bench.kl_int([1.5], [1])
+
+
+def test_wasserstein_int_hand_values():
+  assert bench.wasserstein_int([2, 2], [4, 4]) == pytest.approx(2.0)
+  assert bench.wasserstein_int([0, 4], [2, 2]) == pytest.approx(2.0)
+  assert bench.wasserstein_int([1, 2, 3], [3, 2, 1]) == 0.0
+  assert bench.wasserstein_int([2] * 10, [3] * 10) < bench.wasserstein_int([2] * 10, [8] * 10)
+
+
+def test_dictionary_recovery_known_atoms():
+  eye = np.eye(5)
+  assert bench.dictionary_recovery(eye, eye) == {"mean_max_cos": 1.0, "frac_recovered": 1.0}
+  # Permuted, rescaled, with extra learned atoms: still 1.0.
+  rng = np.random.default_rng(0)
+  learned = np.concatenate([3.0 * eye[::-1], rng.standard_normal((7, 5))])
+  assert bench.dictionary_recovery(eye, learned)["mean_max_cos"] == pytest.approx(1.0)
+  # Signed: a negated dictionary is not a match; an orthogonal one scores 0.
+  assert bench.dictionary_recovery(eye[:2], -eye[:2])["mean_max_cos"] == pytest.approx(0.0)
+  assert bench.dictionary_recovery(eye[:1], eye[1:2]) == {"mean_max_cos": 0.0, "frac_recovered": 0.0}
+  # Half the atoms found exactly, the other half at 45 degrees.
+  learned = np.stack([eye[0], eye[1], (eye[2] + eye[4]) / np.sqrt(2), (eye[3] + eye[4]) / np.sqrt(2)])
+  rec = bench.dictionary_recovery(eye[:4], learned)
+  assert rec["mean_max_cos"] == pytest.approx((2 + 2 / np.sqrt(2)) / 4)
+  assert rec["frac_recovered"] == 0.5
+
+
+def test_class_means_and_increasing():
+  means = bench.class_means([1.0, 3.0, 5.0, 6.0, 10.0], [2, 2, 4, 4, 16])
+  assert means == {"2": 2.0, "4": 5.5, "16": 10.0}
+  assert bench.increasing(means)
+  assert not bench.increasing({"2": 2.0, "4": 1.0})
+
+
+# --------------------------------------------------------------------------------------------------
+# The tiny preset through the CLI.
+
+METRIC_KEYS = ("fvu", "l0_mean", "dead_fraction", "spearman_l0_true", "pearson_l0_true", "l0_by_class",
+               "kl_l0_true", "w1_l0_true", "dict_recovery")
+SOFT_KEYS = ("spearman_khat_true", "pearson_khat_true", "khat_by_class", "k_hat_mean")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("bench") / "synthetic")
+  rc = cli.main(["bench", "synthetic", "--preset", "tiny", "--kind", "mixture", "--seed", "1", "--out", out,
+                 "--steps", "20", "--quiet"])
+  assert rc == 0
+  with open(os.path.join(out, "results.json")) as f:
+    return out, json.load(f)
+
+
+def test_synthetic_tiny_outputs(tiny_run):
+  out, res = tiny_run
+  for name in ("results.json", "results.md", "mixture_fvu_l0.png", "mixture_k_by_class.png", "mixture_l0_hist.png"):
+    path = os.path.join(out, name)
+    assert os.path.isfile(path) and os.path.getsize(path) > 0, name
+  r = res["mixture"]
+  assert res["meta"]["kinds"] == ["mixture"] and res["meta"]["seed"] == 1
+  target, matched = r["target_k"], r["matched_k"]
+  assert target == bench.BENCH_PRESETS["tiny"]["k"]
+  assert matched == max(1, round(r["models"][f"softsae@k{target}"]["l0_mean"]))
+  l0 = r["models"][f"softsae@k{target}"]["l0_mean"]
+  expected = {f"softsae@k{target}", f"topk@k{target}", f"topk@k{matched}", f"batchtopk@k{matched}",
+              f"matryoshka@k{matched}"}
+  if l0 >= 1:  # TopK on both sides of SoftSAE's L0, for the interpolated FVU
+    expected |= {f"topk@k{math.floor(l0)}", f"topk@k{math.ceil(l0)}"}
+    ip = r["topk_interpolated"]
+    lo_fvu, hi_fvu = r["models"][f"topk@k{math.floor(l0)}"]["fvu"], r["models"][f"topk@k{math.ceil(l0)}"]["fvu"]
+    assert min(lo_fvu, hi_fvu) - 1e-12 <= ip["fvu"] <= max(lo_fvu, hi_fvu) + 1e-12
+  assert set(r["models"]) == expected
+  for name, m in r["models"].items():
+    for key in METRIC_KEYS:
+      assert key in m, (name, key)
+    assert 0.0 <= m["fvu"] and 0.0 <= m["dead_fraction"] <= 1.0
+    assert m["kl_l0_true"] >= 0.0 and m["w1_l0_true"] >= 0.0
+    assert -1.0 <= m["dict_recovery"]["mean_max_cos"] <= 1.0
+    assert set(m["l0_by_class"]) == {"1", "2", "4", "8"}
+  soft = r["models"][f"softsae@k{target}"]
+  for key in SOFT_KEYS:
+    assert key in soft
+  assert {"spearman_khat_true_ge_0.7", "khat_increases_with_true_class", "l0_within_25pct_of_target",
+          "fvu_le_topk_at_matched_l0"} <= set(r["acceptance"])
+  md = open(os.path.join(out, "results.md")).read()
+  assert "| softsae@k4 |" in md and "KL(true‖L0)" in md
+  # The data the models saw: the preset's train and held-out sets, with their ground truth.
+  assert open_dataset(os.path.join(out, "data", "mixture", "test")).n_rows == 1024
+  assert os.path.isfile(os.path.join(out, "data", "mixture", "test", "atoms.npy"))
+
+
+def test_synthetic_rerun_reuses_runs_and_reproduces(tiny_run, capsys):
+  out, res = tiny_run
+  assert cli.main(["bench", "synthetic", "--preset", "tiny", "--kind", "mixture", "--seed", "1", "--out", out,
+                   "--steps", "20", "--quiet"]) == 0
+  with open(os.path.join(out, "results.json")) as f:
+    again = json.load(f)
+  for name, m in res["mixture"]["models"].items():
+    assert again["mixture"]["models"][name]["fvu"] == m["fvu"]
+    assert again["mixture"]["models"][name]["l0_by_class"] == m["l0_by_class"]
+  # Another seed in the same directory is refused with one line, before anything is written.
+  assert cli.main(["bench", "synthetic", "--preset", "tiny", "--seed", "2", "--out", out, "--steps", "20",
+                   "--quiet"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("error: ") and "another data set" in err[-1]
+
+
+def test_bench_user_errors(tmp_path, capsys):
+  assert cli.main(["bench", "synthetic", "--preset", "tiny", "--out", str(tmp_path / "a"), "--set", "sae.k=3"]) == 1
+  assert cli.main(["bench", "synthetic", "--preset", "tiny", "--out", str(tmp_path / "b"), "--set", "sae.nope=1"]) == 1
+  assert cli.main(["bench", "pareto", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+  assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "c")
+
+
+def test_pareto_tiny(tiny_run, tmp_path):
+  out, _ = tiny_run
+  data = os.path.join(out, "data", "mixture", "train")
+  pout = str(tmp_path / "pareto")
+  rc = cli.main(["bench", "pareto", "--data", data, "--out", pout, "--ks", "2,4", "--archs", "topk",
+                 "--steps", "10", "--batch-size", "64", "--quiet"])
+  assert rc == 0
+  for name in ("pareto.json", "pareto.md", "pareto.png"):
+    assert os.path.getsize(os.path.join(pout, name)) > 0
+  res = json.load(open(os.path.join(pout, "pareto.json")))
+  assert set(res["runs"]) == {"topk@k2", "topk@k4"}
+  assert res["runs"]["topk@k4"]["l0_mean"] <= 4.0
+  # Held-out split: the last 10% of the rows, copied in order.
+  src = open_dataset(data)
+  train, held = open_dataset(os.path.join(pout, "split", "train")), open_dataset(os.path.join(pout, "split", "heldout"))
+  n_hold = round(0.1 * src.n_rows)
+  assert (train.n_rows, held.n_rows) == (src.n_rows - n_hold, n_hold)
+  np.testing.assert_array_equal(np.asarray(held.mmap(0)), np.asarray(src.mmap(0))[src.n_rows - n_hold:])
