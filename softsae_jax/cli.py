@@ -7,9 +7,19 @@ and exit status 1, never a traceback; nothing already saved is touched by a fail
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+
+# Subcommands that live in their own module, each with add_arguments(parser) and run(args) -> int.
+# None imports torch or matplotlib at module import time.
+_MODULE_COMMANDS = (
+    ("export", "softsae_jax.bridge.export", "PyTorch model -> activation shards (needs the `bridge` extra)"),
+    ("report", "softsae_jax.report", "a self-contained HTML report of a trained SAE"),
+    ("bench", "softsae_jax.bench", "benchmarks: synthetic ground truth, FVU-vs-L0 Pareto"),
+)
+
 
 def _user_errors():
   from softsae_jax.checkpoint import CheckpointError
@@ -102,32 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output directory")
   p.set_defaults(func=cmd_encode)
 
-  try:
-    from softsae_jax.bridge import export as export_mod
-  except ImportError:  # the bridge is optional; its own imports of torch are lazy
-    export_mod = None
-  if export_mod is not None:
-    p = sub.add_parser("export", help="PyTorch model -> activation shards (needs the `bridge` extra)")
-    export_mod.add_arguments(p)
-    p.set_defaults(func=export_mod.run)
-
-  try:
-    from softsae_jax import report as report_mod
-  except ImportError:
-    report_mod = None
-  if report_mod is not None:
-    p = sub.add_parser("report", help="a self-contained HTML report of a trained SAE")
-    report_mod.add_arguments(p)
-    p.set_defaults(func=report_mod.run)
-
-  try:
-    from softsae_jax import bench as bench_mod
-  except ImportError:
-    bench_mod = None
-  if bench_mod is not None:
-    p = sub.add_parser("bench", help="benchmarks: synthetic ground truth, FVU-vs-L0 Pareto")
-    bench_mod.add_arguments(p)
-    p.set_defaults(func=bench_mod.run)
+  for name, module_name, help_text in _MODULE_COMMANDS:
+    module = importlib.import_module(module_name)
+    p = sub.add_parser(name, help=help_text)
+    module.add_arguments(p)
+    p.set_defaults(func=module.run)
   return parser
 
 
