@@ -6,7 +6,7 @@ This is the config `make demo` uses. Run:
   softsae eval  --data runs/demo/acts --workdir runs/demo/softsae
 
 Expected (measured 2026-11-29, 2-core CPU, 100k tokens of Python's documentation, `make demo`'s 1000
-steps): FVU 0.149 at a mean inference L0 of 14.3 (k-hat 14.8 +- 3.9, L0 5-95% range 8-21); TopK at
+steps): FVU 0.139 at a mean inference L0 of 14.3 (k-hat 14.8 +- 3.6, L0 5-95% range 8-21); TopK at
 k=14 on the same data: FVU 0.141. 1500 steps (this file's default) take about 2 minutes.
 """
 
