@@ -44,6 +44,7 @@ from softsae_jax.checkpoint import CheckpointError
 from softsae_jax.data import check_finite, iter_ordered, read_rows
 from softsae_jax.evaluate import DENSE_FREQ, Model, infer, load_model
 from softsae_jax.shards import Dataset, DataError, open_dataset
+from softsae_jax.trainer import read_metrics
 
 DEFAULT_MAX_ROWS = 20000
 N_FREQ_LATENTS = 12  # latents shown for their firing frequency ...
@@ -155,27 +156,6 @@ def _scan(name: str, workdir: str, model: Model, ds: Dataset, n_rows: int, batch
                   k_N=np.concatenate(k_all).astype(np.float64), l0_N=np.concatenate(l0_all),
                   relerr_N=np.concatenate(err_all), fire_F=fire_F, max_F=max_F, top_val_MF=top_val_MF,
                   top_row_MF=top_row_MF, fvu=sum_e2 / max(total_var, 1e-300))
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The records of ``WORKDIR/metrics.jsonl`` (unparseable lines, e.g. a cut last line, skipped).
-
-  Examples:
-    >>> read_metrics("/nonexistent")
-    []
-  """
-  path = os.path.join(workdir, "metrics.jsonl")
-  out = []
-  if os.path.isfile(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if isinstance(rec, dict) and "step" in rec:
-          out.append(rec)
-  return out
 
 
 def _load(workdir: str) -> Model:

@@ -44,23 +44,36 @@ def _write_json(path: str, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def _truncate_metrics(path: str, step: int) -> None:
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The records of ``WORKDIR/metrics.jsonl`` (unparseable lines, e.g. a cut last line, skipped).
+
+  Examples:
+    >>> read_metrics("/nonexistent")
+    []
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  out = []
+  if os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if isinstance(rec, dict) and "step" in rec:
+          out.append(rec)
+  return out
+
+
+def _truncate_metrics(workdir: str, step: int) -> None:
   """Drops metrics lines after ``step`` (written by a killed run past its last checkpoint) and any
   partial last line; they are recomputed identically."""
+  path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return
-  keep = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rec = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if rec.get("step", 0) <= step:
-        keep.append(line if line.endswith("\n") else line + "\n")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    f.writelines(keep)
+    f.writelines(json.dumps(rec) + "\n" for rec in read_metrics(workdir) if rec["step"] <= step)
   os.replace(tmp, path)
 
 
@@ -133,7 +146,7 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
       state, data_state = ckpt.restore(resume, abstract_like(init_abstract, repl))
       start = int(state.step)
       log(f"resuming from step {start}")
-      _truncate_metrics(metrics_path, start)
+      _truncate_metrics(workdir, start)
     else:
       nf = estimate_norm_factor(ds, cfg.data.norm_sample_rows, cfg.data.skip_nonfinite) if cfg.data.normalize else 1.0
       x0, valid0 = source.batch(0)
@@ -143,7 +156,7 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
       _write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
       _write_json(os.path.join(workdir, "run.json"), {"data": data_info(ds), "norm_factor": nf,
                                                       "devices": jax.device_count(), "jax": jax.__version__})
-      _truncate_metrics(metrics_path, 0)
+      _truncate_metrics(workdir, 0)
       start = 0
     return _loop(state, start, cfg, source, step_fn, rows_sh, mask_sh, ckpt, metrics_path, progress)
   finally:
