@@ -287,6 +287,19 @@ def _convert(text: str, tp: Any, key: str) -> Any:
   return text
 
 
+def positive_int(text: str) -> int:
+  """argparse ``type=`` for flags that take a positive integer (``--batch-size``, ``--max-rows``, ...)."""
+  import argparse
+
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+  return value
+
+
 def _field_types(cls) -> dict[str, Any]:
   hints = typing.get_type_hints(cls)
   return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

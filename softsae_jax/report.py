@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from softsae_jax.checkpoint import CheckpointError
+from softsae_jax.config import positive_int
 from softsae_jax.data import check_finite, iter_ordered, read_rows
 from softsae_jax.evaluate import DENSE_FREQ, Model, infer, load_model
 from softsae_jax.shards import Dataset, DataError, open_dataset
@@ -827,16 +828,6 @@ def build_report(workdir: str, data_dir: str, out_path: str | None = None, compa
 # --------------------------------------------------------------------------- command line
 
 
-def _positive_int(text: str) -> int:
-  try:
-    v = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if v < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
   """Adds the report flags to ``parser`` (the ``softsae report`` subparser or a standalone one).
 
@@ -859,9 +850,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--out", help="the HTML file to write (default: WORKDIR/report.html)")
   parser.add_argument("--compare", nargs="+", action="extend", default=[], metavar="WORKDIR",
                       help="other workdirs to evaluate on the same rows and overlay (e.g. a TopK run at the same k)")
-  parser.add_argument("--max-rows", type=_positive_int, default=DEFAULT_MAX_ROWS, metavar="N",
+  parser.add_argument("--max-rows", type=positive_int, default=DEFAULT_MAX_ROWS, metavar="N",
                       help=f"use the first N rows of the data, in order (default: {DEFAULT_MAX_ROWS})")
-  parser.add_argument("--batch-size", type=_positive_int, default=1024, metavar="B", help="rows per inference call (default: 1024)")
+  parser.add_argument("--batch-size", type=positive_int, default=1024, metavar="B", help="rows per inference call (default: 1024)")
   parser.add_argument("--skip-nonfinite", dest="skip_nonfinite", action="store_true", default=None,
                       help="mask NaN/Inf rows instead of stopping (default: the run's data.skip_nonfinite)")
 

@@ -148,7 +148,7 @@ def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: C
   (loss, (acts_BF, recon_BD, k_B, main, k_loss, aux)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
       state.params, x_BD, valid_f, dead_F, state.step, cfg)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  _, alpha, hard = schedules(cfg, state.step)
+  budget, alpha, hard = schedules(cfg, state.step)
   if sae.arch == "softsae" and cfg.train.hard_freeze:
     kest = hard
     enc = hard & ~jnp.any(dead_F)
@@ -181,7 +181,7 @@ def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: C
       l0_mean=jnp.sum(l0_B * valid_f) / jnp.maximum(n_valid, 1.0),
       k_mean=jnp.sum(k_B * valid_f) / jnp.maximum(n_valid, 1.0),
       k_min=jnp.min(jnp.where(valid_B, k_B, big)), k_max=jnp.max(jnp.where(valid_B, k_B, -big)),
-      dead_frac=jnp.mean(since_fired_F >= sae.dead_tokens), k_budget=schedules(cfg, state.step)[0],
+      dead_frac=jnp.mean(since_fired_F >= sae.dead_tokens), k_budget=budget,
       alpha=alpha, lr=lr_schedule(cfg)(state.step), grad_norm=optax.tree.norm(grads))
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=state.key,
                          since_fired_F=since_fired_F, threshold=threshold, norm_factor=state.norm_factor,

@@ -86,6 +86,7 @@ from typing import Any
 import numpy as np
 
 from softsae_jax.bridge import inputs
+from softsae_jax.config import positive_int
 from softsae_jax.shards import MANIFEST, DataError, ShardWriter
 
 EXPORT_VERSION = 1
@@ -96,16 +97,6 @@ ARCHS = ("auto", "causal", "encoder")
 # Files a killed export may leave before its first manifest: ShardWriter's shards and side files
 # (and their temporary names), the vocabulary.
 _OWN_FILE = re.compile(r"^((shard|tokens|doc_index)_\d{5}\.npy(\.tmp\.npy)?|vocab\.json(\.tmp)?|manifest\.json\.tmp)$")
-
-
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-  return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -134,13 +125,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="field of --texts-jsonl records holding the text (default: text)")
   parser.add_argument("--tokenizer", default=None, metavar="NAME_OR_PATH",
                       help="tokenizer folder or hub name (default: same as --model)")
-  parser.add_argument("--seq-len", type=_positive_int, default=128, metavar="N",
+  parser.add_argument("--seq-len", type=positive_int, default=128, metavar="N",
                       help="tokens per window, special tokens included (default: 128)")
-  parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+  parser.add_argument("--batch-size", type=positive_int, default=16, metavar="N",
                       help="windows (or images) per forward pass (default: 16)")
-  parser.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
+  parser.add_argument("--max-tokens", type=positive_int, default=None, metavar="N",
                       help="stop after exactly N exported rows (default: export everything)")
-  parser.add_argument("--rows-per-shard", type=_positive_int, default=65536, metavar="N",
+  parser.add_argument("--rows-per-shard", type=positive_int, default=65536, metavar="N",
                       help="rows per shard file (default: 65536)")
   parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                       help="dtype of the stored rows (default: float16)")
