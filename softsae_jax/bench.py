@@ -67,7 +67,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from softsae_jax import synthetic
+from softsae_jax import files, synthetic
+from softsae_jax.stats import pearson, rankdata, spearman
 from softsae_jax.config import ARCHS, Config, ConfigError, apply_overrides
 from softsae_jax.shards import DataError, ShardWriter, open_dataset
 
@@ -94,9 +95,7 @@ BENCH_PRESETS: dict[str, dict[str, Any]] = {
     "full": {"data": synthetic.PRESETS["full"], "n_latents": 1536, "k": 8, "steps": 16000, "batch_size": 2048},
 }
 """``softsae bench synthetic`` presets: the data (``make_<kind>_pair`` arguments), the SAE width F,
-the target k, and the optimisation length. The SAE has 1.5x as many latents as there are true atoms.
-The step counts avoid the ones for which the trainer's k budget currently ends at k - 1 (see
-docs/results.md §8); ``k_budget_final`` in the results says what the trainer used."""
+the target k, and the optimisation length. The SAE has 1.5x as many latents as there are true atoms."""
 
 KINDS = ("mixture", "manifolds")
 ARCH_COLORS = {"softsae": "C3", "topk": "C0", "batchtopk": "C2", "matryoshka": "C4", "relu": "C5"}
@@ -105,50 +104,6 @@ BENCH_KEYS = ("sae.arch", "sae.k", "train.steps", "train.seed")  # the bench's (
 
 # --------------------------------------------------------------------------------------------------
 # Metric functions (numpy only; unit-tested on hand-made inputs).
-
-
-def rankdata(x: Sequence[float]) -> np.ndarray:
-  """1-based ranks with ties given their average rank (as ``scipy.stats.rankdata``), float64.
-
-  Examples:
-    >>> rankdata([10, 20, 20, 5]).tolist()
-    [2.0, 3.5, 3.5, 1.0]
-  """
-  x = np.asarray(x, np.float64).ravel()
-  n = len(x)
-  order = np.argsort(x, kind="mergesort")
-  xs = x[order]
-  starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]]) if n else np.zeros(0, np.int64)
-  ends = np.r_[starts[1:], n]
-  avg = (starts + ends - 1) / 2.0 + 1.0
-  ranks = np.empty(n, np.float64)
-  ranks[order] = np.repeat(avg, ends - starts)
-  return ranks
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-  """Pearson correlation; NaN when either input is constant or has fewer than 2 entries."""
-  x = np.asarray(x, np.float64).ravel()
-  y = np.asarray(y, np.float64).ravel()
-  if x.shape != y.shape:
-    raise ValueError(f"Expected x and y of the same length, got {x.shape} and {y.shape}")
-  if len(x) < 2:
-    return float("nan")
-  xc, yc = x - x.mean(), y - y.mean()
-  den = math.sqrt(float(np.dot(xc, xc)) * float(np.dot(yc, yc)))
-  if den == 0.0:
-    return float("nan")
-  return float(np.clip(np.dot(xc, yc) / den, -1.0, 1.0))
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-  """Spearman rank correlation (Pearson of average ranks); NaN when either input is constant.
-
-  Examples:
-    >>> spearman([1, 2, 3, 4], [1, 4, 9, 16])
-    1.0
-  """
-  return pearson(rankdata(x), rankdata(y))
 
 
 def _int_values(v: Sequence[float], name: str) -> np.ndarray:
@@ -280,31 +235,14 @@ def make_config(arch: str, k: int, *, n_latents: int | None, steps: int, batch_s
 
 def _train_and_load(data_dir: str, workdir: str, cfg: Config, log: _Log, label: str):
   from softsae_jax import trainer
-  from softsae_jax.evaluate import load_model
+  from softsae_jax.evaluate import load
 
   log(f"{label}: training {cfg.sae.arch} k={cfg.sae.k} F={cfg.sae.n_latents or 'default'} "
       f"({cfg.train.steps} steps x {cfg.train.batch_size} rows) -> {workdir}")
   t0 = time.time()
   last = trainer.train(data_dir, workdir, cfg, progress=False, log=lambda m: log(f"{label}: {m}"))
   secs = None if last.get("finished") else time.time() - t0  # None: an earlier run's model, reused
-  return load_model(workdir), secs
-
-
-def per_row(model, ds) -> dict[str, np.ndarray]:
-  """Per-row inference outputs over a dataset in data order: ``l0`` (active latents) and ``k``
-  (SoftSAE's k-hat; the active count for the other archs)."""
-  from softsae_jax.data import iter_ordered
-  from softsae_jax.evaluate import infer
-
-  l0, k = [], []
-  for _, x_ND in iter_ordered(ds, EVAL_BATCH):
-    n = len(x_ND)
-    x_pad = np.zeros((EVAL_BATCH, ds.d_model), np.float32)
-    x_pad[:n] = x_ND
-    _, acts, k_B = infer(model, x_pad)
-    l0.append((acts[:n] != 0).sum(axis=1))
-    k.append(k_B[:n])
-  return {"l0": np.concatenate(l0).astype(np.int64), "k": np.concatenate(k).astype(np.float64)}
+  return load(workdir), secs
 
 
 def _secs(secs: float | None) -> float | None:
@@ -313,16 +251,6 @@ def _secs(secs: float | None) -> float | None:
 
 def _secs_text(secs: float | None) -> str:
   return "reused" if secs is None else f"{secs:.0f}s"
-
-
-def _final_k_budget(workdir: str) -> float | None:
-  """The k budget the train step reported in its last metrics.jsonl line (None if not logged)."""
-  last = None
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      if line.strip():
-        last = json.loads(line)
-  return None if last is None or "k_budget" not in last else float(last["k_budget"])
 
 
 def _eval_summary(res: dict[str, Any]) -> dict[str, Any]:
@@ -361,10 +289,11 @@ def _prepare_synthetic(out: str, preset: str, kind: str, seed: int, log: _Log) -
 
 
 def _model_metrics(model, test_ds, true_k: np.ndarray, atoms_AD: np.ndarray | None) -> tuple[dict[str, Any], dict]:
-  from softsae_jax.evaluate import evaluate
+  from softsae_jax.evaluate import scan
 
-  res = _eval_summary(evaluate(model, test_ds, batch_size=EVAL_BATCH))
-  rows = per_row(model, test_ds)
+  acc = scan(model, test_ds, batch_size=EVAL_BATCH, per_row=True)
+  res = _eval_summary(acc.summary())
+  rows = {"l0": acc.l0_N.astype(np.int64), "k": acc.k_N}
   l0 = rows["l0"]
   res.update({
       "spearman_l0_true": _finite_or_none(spearman(l0, true_k)),
@@ -415,11 +344,6 @@ def run_synthetic_kind(out: str, preset: str, kind: str, seed: int, overrides: S
     res, r = _model_metrics(model, test_ds, true_k, atoms_AD)
     res.update({"name": name, "arch": arch, "k": k, "roles": [role], "steps": steps,
                 "config": model.cfg.to_dict()})
-    if arch == "softsae":
-      res["k_budget_final"] = _final_k_budget(os.path.join(out, "runs", kind, name))
-      if res["k_budget_final"] != k:
-        log(f"{kind} {name}: WARNING: the k budget the trainer used at the last step was "
-            f"{res['k_budget_final']}, not sae.k={k} (see docs/results.md)")
     models[name], rows[name], timing[name] = res, r, _secs(secs)
     trained[(arch, k)] = name
     extra = f", k-hat Spearman {_fmt(res['spearman_khat_true'])}" if arch == "softsae" else ""
@@ -516,8 +440,7 @@ def synthetic_markdown(results: dict[str, Any]) -> str:
                 f"SoftSAE's L0 {ip['l0']:.3f}: {ip['fvu']:.4f} (SoftSAE: {soft['fvu']:.4f}, "
                 f"{100 * (soft['fvu'] / ip['fvu'] - 1):+.1f}%)."]
     lines += ["", f"SoftSAE k-hat vs {what}: Spearman {_fmt(soft['spearman_khat_true'])}, Pearson "
-              f"{_fmt(soft['pearson_khat_true'])}; k budget at the last training step "
-              f"{_fmt(soft.get('k_budget_final'), 1)} (sae.k = {r['target_k']}).", "",
+              f"{_fmt(soft['pearson_khat_true'])}.", "",
               "Acceptance checks (SoftSAE, this run):", ""]
     lines += [f"- {k}: {'yes' if v else 'NO'}" for k, v in r["acceptance"].items()]
     lines += ["", "Training time per model (s; 'reused' = trained by an earlier run in this directory): "
@@ -631,14 +554,6 @@ def _meta(args, command: str, t0: float) -> dict[str, Any]:
           "jax": jax.__version__, "python": platform.python_version(), "total_seconds": round(time.time() - t0, 1)}
 
 
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
 def cmd_synthetic(args) -> int:
   t0 = time.time()
   log = _Log(args.quiet)
@@ -671,7 +586,7 @@ def cmd_synthetic(args) -> int:
   md = synthetic_markdown(results)
   public = {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if k in kinds else v)
             for k, v in results.items()}
-  _write_json(os.path.join(out, "results.json"), public)
+  files.write_json(os.path.join(out, "results.json"), public, allow_nan=False)
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(md)
   files = [os.path.join(out, "results.json"), os.path.join(out, "results.md")] + files
@@ -807,11 +722,6 @@ def cmd_pareto(args) -> int:
     model, secs = _train_and_load(train_dir, workdir, cfg, log, name)
     m = _eval_summary(evaluate(model, eval_ds, batch_size=EVAL_BATCH))
     m.update({"arch": cfg.sae.arch, "k": cfg.sae.k, "n_latents": model.cfg.sae.F})
-    if cfg.sae.arch == "softsae":
-      m["k_budget_final"] = _final_k_budget(workdir)
-      if m["k_budget_final"] != cfg.sae.k:
-        log(f"{name}: WARNING: the k budget the trainer used at the last step was {m['k_budget_final']}, "
-            f"not sae.k={cfg.sae.k} (see docs/results.md)")
     runs[name], timing[name] = m, _secs(secs)
     log(f"{name}: FVU {m['fvu']:.4f} at mean L0 {m['l0_mean']:.2f} ({_secs_text(secs)})")
   command = (f"softsae bench pareto --data {args.data} --out {out} --ks {','.join(map(str, ks))} "
@@ -845,7 +755,7 @@ def cmd_pareto(args) -> int:
   ax.legend()
   png = _save(fig, out, "pareto.png")
   res["meta"]["total_seconds"] = round(time.time() - t0, 1)
-  _write_json(os.path.join(out, "pareto.json"), res)
+  files.write_json(os.path.join(out, "pareto.json"), res, allow_nan=False)
   md = pareto_markdown(res)
   with open(os.path.join(out, "pareto.md"), "w") as f:
     f.write(md)

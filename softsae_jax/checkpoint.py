@@ -54,9 +54,18 @@ class Checkpointer:
     return out["config"], out["data"]
 
   def restore(self, step: int, abstract_state: TrainState) -> tuple[TrainState, dict[str, Any]]:
-    """Restores into ``abstract_state`` (ShapeDtypeStructs with shardings; see ``jax.eval_shape``)."""
-    out = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                          data=ocp.args.JsonRestore()))
+    """Restores into ``abstract_state`` (ShapeDtypeStructs with shardings; see ``jax.eval_shape``).
+
+    Raises:
+      CheckpointError: the checkpoint's tree does not match (e.g. written by another version's layout).
+    """
+    try:
+      out = self._mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                            data=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise CheckpointError(f"{self.directory}/{step}: the checkpoint does not match this version's state layout "
+                            f"({first[:200]}); retrain, or use the softsae_jax version that wrote it") from None
     return out["state"], out["data"]
 
   def wait(self) -> None:
@@ -67,6 +76,9 @@ class Checkpointer:
     self._mgr.close()
 
 
-def abstract_like(state: TrainState, sharding) -> TrainState:
-  """ShapeDtypeStructs of ``state`` with ``sharding`` on every leaf (restore targets)."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), state)
+def abstract_like(state: TrainState, shardings) -> TrainState:
+  """ShapeDtypeStructs of ``state`` with ``shardings`` (one sharding for every leaf, or a matching
+  tree of them) as restore targets."""
+  if not isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), state, shardings)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shardings), state)

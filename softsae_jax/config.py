@@ -20,7 +20,8 @@ import types
 import typing
 from typing import Any
 
-ARCHS = ("softsae", "topk", "batchtopk", "relu", "matryoshka")
+# The architectures; each is one entry of the table in softsae_jax/archs.py (which checks this list).
+ARCHS = ("softsae", "topk", "batchtopk", "relu", "matryoshka", "jumprelu")
 
 
 class ConfigError(ValueError):
@@ -32,7 +33,7 @@ class SaeConfig:
   """The autoencoder.
 
   Attributes:
-    arch: one of softsae | topk | batchtopk | relu | matryoshka.
+    arch: one of softsae | topk | batchtopk | relu | matryoshka | jumprelu.
     d_in: input width D; filled from the data's manifest when None.
     n_latents: dictionary size F; when None, ``expansion * d_in``.
     expansion: F / D when ``n_latents`` is None.
@@ -54,6 +55,12 @@ class SaeConfig:
     dead_tokens: a latent is dead after this many tokens without firing (AuxK; dead fraction).
     l1_coeff: L1 coefficient of the relu arch (on |f| times the decoder row norm, which is 1), in the
       normalised units (mean ||x||^2 = 1); it sets the L0 you get: tune it (0.3 gave L0 ~25 on 64-d data).
+    l0_coeff: JumpReLU's L0 coefficient lambda (loss = reconstruction + lambda * mean active latents per
+      row, in the normalised units); it sets the L0 you get: a smaller coefficient gives a larger L0.
+      ``sae.k`` is not used by jumprelu except as the AuxK/report reference.
+    jumprelu_bandwidth: the width epsilon of the rectangle kernel of JumpReLU's straight-through
+      threshold gradients (Rajamanoharan et al. 2024: 0.001), in normalised units.
+    jumprelu_init_threshold: the initial per-latent threshold theta (normalised units; paper: 0.001).
     matryoshka_fractions: nested group sizes as fractions of F (must sum to 1).
     threshold_beta: EMA factor of the BatchTopK/Matryoshka inference threshold.
     threshold_start_frac: the EMA starts after this fraction of the steps (spec: step 1000).
@@ -75,6 +82,9 @@ class SaeConfig:
   top_k_aux: int | None = None
   dead_tokens: int = 1_000_000
   l1_coeff: float = 0.3
+  l0_coeff: float = 1e-3
+  jumprelu_bandwidth: float = 1e-3
+  jumprelu_init_threshold: float = 1e-3
   matryoshka_fractions: tuple[float, ...] = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 17 / 32)
   threshold_beta: float = 0.999
   threshold_start_frac: float = 0.05
@@ -109,6 +119,12 @@ class SaeConfig:
     if abs(sum(self.matryoshka_fractions) - 1.0) > 1e-6 or min(self.matryoshka_fractions) <= 0:
       raise ConfigError(
           f"sae.matryoshka_fractions must be positive and sum to 1; got {self.matryoshka_fractions}")
+    for name in ("l0_coeff", "l1_coeff"):
+      if getattr(self, name) < 0:
+        raise ConfigError(f"sae.{name} must be >= 0; got {getattr(self, name)}")
+    for name in ("jumprelu_bandwidth", "jumprelu_init_threshold"):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"sae.{name} must be > 0; got {getattr(self, name)}")
     if not 0.0 <= self.threshold_beta < 1.0:
       raise ConfigError(f"sae.threshold_beta must be in [0, 1); got {self.threshold_beta}")
 
@@ -155,6 +171,9 @@ class TrainConfig:
       (the reference LLM run: 2500 of 244 140 steps, 1%; a 10% anneal made k-hat collapse at its end
       and cost ~10% FVU on the synthetic benchmark, docs/results.md §3).
     hard_frac: the last fraction of the steps uses hard top-k (SoftSAE); 0 disables it.
+    l0_warmup_frac: JumpReLU's L0 coefficient rises linearly from 0 to sae.l0_coeff over this fraction
+      of the steps (Gemma Scope warms it up over its first 10k steps), so latents are not killed
+      before the encoder has learned anything.
     hard_freeze: in the hard phase the reconstruction reaches only the decoder and b_dec, and the
       encoder/k-estimator receive updates only from AuxK (the reference's no_grad semantics, §7.1).
       False trains the encoder through the hard top-k (straight TopK gradients) in that phase.
@@ -174,6 +193,7 @@ class TrainConfig:
   k_anneal_frac: float = 0.05
   alpha_anneal_frac: float = 0.01
   hard_frac: float = 0.05
+  l0_warmup_frac: float = 0.05
   hard_freeze: bool = True
   b1: float = 0.9
   b2: float = 0.999
@@ -188,7 +208,8 @@ class TrainConfig:
     for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
       if getattr(self, name) < 1:
         raise ConfigError(f"train.{name} must be >= 1; got {getattr(self, name)}")
-    for name in ("warmup_frac", "decay_start_frac", "k_anneal_frac", "alpha_anneal_frac", "hard_frac"):
+    for name in ("warmup_frac", "decay_start_frac", "k_anneal_frac", "alpha_anneal_frac", "hard_frac",
+                 "l0_warmup_frac"):
       v = getattr(self, name)
       if not 0.0 <= v <= 1.0:
         raise ConfigError(f"train.{name} must be in [0, 1]; got {v}")

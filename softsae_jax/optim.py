@@ -80,15 +80,16 @@ def unit_norm_decoder(params: Params) -> Params:
 
 def freeze(new_tree, old_tree, frozen: Params):
   """Per-parameter ``where(frozen, old, new)`` on every Params-shaped subtree of an optimizer state
-  or update (other leaves, e.g. Adam's step count, take the new value).
+  or update (other leaves, e.g. Adam's step count, take the new value). ``frozen`` is a Params
+  tree of bool scalars with the structure of the parameters (``extra`` included).
 
   This is how the hard phase reproduces PyTorch Adam skipping parameters whose gradient is None: no
-  moment update and no step for them (spec §3.5, §7.1).
+  moment update and no step for them (docs/method.md §3.5, §7.1).
   """
 
   def merge(new, old):
     if isinstance(new, Params):
-      return Params(*[jnp.where(f, o, n) for n, o, f in zip(new, old, frozen)])
+      return jax.tree.map(lambda n, o, f: jnp.where(f, o, n), new, old, frozen)
     return new
 
   return jax.tree.map(merge, new_tree, old_tree, is_leaf=lambda x: isinstance(x, Params))

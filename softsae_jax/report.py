@@ -5,7 +5,7 @@ Usage::
   softsae report --workdir RUN --data ACTS [--out FILE] [--compare RUN2 ...] [--max-rows N]
 
 The report runs the checkpoint over the first ``--max-rows`` rows of the data in natural order (so
-text passages are contiguous), in raw units through :func:`softsae_jax.evaluate.infer`, and shows:
+text passages are contiguous), in raw units through :mod:`softsae_jax.evaluate`, and shows:
 
 1. the run (arch, F, k, steps, the data's ``source`` block) and the evaluation on those rows (FVU,
    mean L0, the spread of SoftSAE's per-token k-hat), with a row per ``--compare`` run;
@@ -42,8 +42,9 @@ import numpy as np
 
 from softsae_jax.checkpoint import CheckpointError
 from softsae_jax.config import positive_int
-from softsae_jax.data import check_finite, iter_ordered, read_rows
-from softsae_jax.evaluate import DENSE_FREQ, Model, infer, load_model
+from softsae_jax.data import read_rows
+from softsae_jax.evaluate import DENSE_FREQ, Model, load, scan
+from softsae_jax.stats import spearman
 from softsae_jax.shards import Dataset, DataError, open_dataset
 from softsae_jax.trainer import read_metrics
 
@@ -102,67 +103,14 @@ class RunStats:
 
 def _scan(name: str, workdir: str, model: Model, ds: Dataset, n_rows: int, batch_size: int, skip: bool,
           keep_top: bool) -> RunStats:
-  """Runs ``model`` over the first ``n_rows`` rows of ``ds`` in order, keeping per-row and per-latent
-  statistics (streaming: at most one [batch, F] activation block is held at a time)."""
-  f = model.cfg.sae.F
-  valid, k_all, l0_all, err_all = [], [], [], []
-  fire_F = np.zeros(f, np.int64)
-  max_F = np.zeros(f, np.float32)
-  m = N_CONTEXTS
-  top_val_MF = np.zeros((m, f), np.float32) if keep_top else None
-  top_row_MF = np.full((m, f), -1, np.int64) if keep_top else None
-  sum_x_D = np.zeros(ds.d_model)
-  sum_x2 = sum_e2 = 0.0
-  done = 0
-  for start, x_ND in iter_ordered(ds, batch_size):
-    if done >= n_rows:
-      break
-    x_ND = x_ND[:n_rows - done]
-    n = len(x_ND)
-    valid_N = check_finite(ds, np.arange(start, start + n), x_ND, skip)
-    x_pad = np.zeros((batch_size, ds.d_model), np.float32)  # one shape, one compile
-    x_pad[:n] = np.where(valid_N[:, None], x_ND, 0.0)
-    recon_ND, acts_NF, k_N = (a[:n] for a in infer(model, x_pad))
-    acts_NF = np.where(valid_N[:, None], acts_NF, 0.0)
-    x64, r64 = x_pad[:n].astype(np.float64), recon_ND.astype(np.float64)
-    e2_N = np.sum((x64 - r64) ** 2, axis=1)
-    x2_N = np.sum(x64 * x64, axis=1)
-    sum_x_D += x64[valid_N].sum(axis=0)
-    sum_x2 += float(x2_N[valid_N].sum())
-    sum_e2 += float(e2_N[valid_N].sum())
-    active_NF = acts_NF != 0  # as evaluate.evaluate counts L0
-    l0_N = active_NF.sum(axis=1)
-    fire_F += active_NF.sum(axis=0)
-    np.maximum(max_F, acts_NF.max(axis=0), out=max_F)
-    if keep_top:
-      mm = min(m, n)
-      idx_MF = np.argpartition(-acts_NF, mm - 1, axis=0)[:mm]
-      val_MF = np.take_along_axis(acts_NF, idx_MF, axis=0)
-      cat_val = np.concatenate([top_val_MF, val_MF])
-      cat_row = np.concatenate([top_row_MF, idx_MF + start])
-      order = np.argsort(-cat_val, axis=0, kind="stable")[:m]
-      top_val_MF = np.take_along_axis(cat_val, order, axis=0)
-      top_row_MF = np.take_along_axis(cat_row, order, axis=0)
-    valid.append(valid_N)
-    l0_all.append(l0_N)
-    k_all.append(k_N if model.cfg.sae.arch == "softsae" else l0_N)
-    err_all.append(e2_N / np.maximum(x2_N, 1e-30))
-    done += n
-  valid_N = np.concatenate(valid)
-  n_ok = int(valid_N.sum())
-  if n_ok == 0:
-    raise DataError(f"{ds.path}: no finite rows among the first {done} rows")
-  total_var = sum_x2 - float(np.sum(sum_x_D ** 2)) / n_ok
-  return RunStats(name=name, workdir=workdir, model=model, metrics=read_metrics(workdir), valid_N=valid_N,
-                  k_N=np.concatenate(k_all).astype(np.float64), l0_N=np.concatenate(l0_all),
-                  relerr_N=np.concatenate(err_all), fire_F=fire_F, max_F=max_F, top_val_MF=top_val_MF,
-                  top_row_MF=top_row_MF, fvu=sum_e2 / max(total_var, 1e-300))
-
-
-def _load(workdir: str) -> Model:
-  if not os.path.isdir(workdir):
-    raise CheckpointError(f"workdir {workdir} does not exist")
-  return load_model(workdir)
+  """Runs ``model`` over the first ``n_rows`` rows of ``ds`` in order through the inference engine,
+  keeping per-row and per-latent statistics."""
+  acc = scan(model, ds, batch_size=batch_size, skip_nonfinite=skip, max_rows=n_rows, per_row=True,
+             top_m=N_CONTEXTS if keep_top else 0)
+  return RunStats(name=name, workdir=workdir, model=model, metrics=read_metrics(workdir), valid_N=acc.valid_N,
+                  k_N=acc.k_N if model.arch == "softsae" else acc.l0_N.astype(np.float64), l0_N=acc.l0_N,
+                  relerr_N=acc.relerr_N, fire_F=acc.fire_F, max_F=acc.max_F, top_val_MF=acc.top_val_MF,
+                  top_row_MF=acc.top_row_MF, fvu=acc.fvu)
 
 
 # --------------------------------------------------------------------------- text side data
@@ -338,14 +286,6 @@ def _plot_k_hist(main: RunStats, others: list[RunStats]) -> str:
   return _img(fig, "per-token k histogram")
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-  ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(np.float64)
-  rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(np.float64)
-  if ra.std() == 0 or rb.std() == 0:
-    return float("nan")
-  return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def _plot_k_vs_err(main: RunStats) -> tuple[str, str]:
   v = main.valid_N
   x = main.k_N[v]
@@ -378,7 +318,7 @@ def _plot_k_vs_err(main: RunStats) -> tuple[str, str]:
   ax.set_xlabel(f"{what} per token", fontsize=9)
   ax.set_ylabel("relative error ||x − x̂||² / ||x||²", fontsize=9)
   _style_axes(ax)
-  note = (f"Spearman rank correlation of {what} and relative error: {_spearman(x, err):+.3f} over {len(x)} tokens; "
+  note = (f"Spearman rank correlation of {what} and relative error: {spearman(x, err):+.3f} over {len(x)} tokens; "
           f"median relative error {np.median(err):.3g}.")
   return _img(fig, f"{what} against relative error"), note
 
@@ -593,16 +533,12 @@ def _contexts(main: RunStats, ds: Dataset, text: Text, latents: list[int], batch
       need.update(win)
   rows_R = np.array(sorted(need), np.int64)
   act_of: dict[int, np.ndarray] = {}
-  for i in range(0, len(rows_R), batch_size):
-    r = rows_R[i:i + batch_size]
-    x_RD = read_rows(ds, r).astype(np.float32)
-    ok_R = np.isfinite(x_RD).all(axis=1)
-    x_pad = np.zeros((batch_size, ds.d_model), np.float32)
-    x_pad[:len(r)] = np.where(ok_R[:, None], x_RD, 0.0)
-    acts_RL = infer(main.model, x_pad)[1][:len(r)][:, latents]
-    acts_RL[~ok_R] = 0.0
-    for j, row in enumerate(r):
-      act_of[int(row)] = acts_RL[j]
+  x_RD = read_rows(ds, rows_R).astype(np.float32)
+  ok_R = np.isfinite(x_RD).all(axis=1)
+  acts_RL = main.model.encode(np.where(ok_R[:, None], x_RD, 0.0), batch_size=batch_size)[:, latents]
+  acts_RL[~ok_R] = 0.0
+  for j, row in enumerate(rows_R):
+    act_of[int(row)] = acts_RL[j]
   col = {f: j for j, f in enumerate(latents)}
   return {f: [(row, val, [(w, float(act_of[w][col[f]])) for w in win]) for row, val, win in plan[f]]
           for f in latents}
@@ -761,11 +697,11 @@ def build_report(workdir: str, data_dir: str, out_path: str | None = None, compa
     raise DataError(f"max_rows must be >= 1, got {max_rows}")
   if batch_size < 1:
     raise DataError(f"batch_size must be >= 1, got {batch_size}")
-  main_model = _load(workdir)
+  main_model = load(workdir)
   ds = open_dataset(data_dir, expect_d_model=main_model.d_in)
   others = []
   for w in compare:
-    m = _load(w)
+    m = load(w)
     if m.d_in != ds.d_model:
       raise DataError(f"{data_dir}: d_model is {ds.d_model} but the --compare run {w} was trained on d_model={m.d_in}")
     others.append((w, m))

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from softsae_jax import files
+
 FORMAT = "softsae-activations/1"
 DTYPES = ("float16", "float32")
 MANIFEST = "manifest.json"
@@ -22,21 +24,6 @@ MANIFEST = "manifest.json"
 
 class DataError(ValueError):
   """Bad input data; the message is one line naming the file/row and what was expected."""
-
-
-def _atomic_write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: str, arr: np.ndarray) -> None:
-  tmp = path + ".tmp.npy"
-  np.save(tmp, arr)
-  os.replace(tmp, path)
 
 
 class ShardWriter:
@@ -108,11 +95,11 @@ class ShardWriter:
     side = {k: np.concatenate(v) for k, v in self._side.items()}
     i = len(self.shards)
     entry: dict[str, Any] = {"file": f"shard_{i:05d}.npy", "rows": int(n)}
-    _atomic_save_npy(os.path.join(self.out_dir, entry["file"]), x[:n])
+    files.save_npy(os.path.join(self.out_dir, entry["file"]), x[:n])
     for name, arr in side.items():
       fname = f"{name}_{i:05d}.npy"
       dt = np.int32 if name in ("tokens", "doc_index") else arr.dtype
-      _atomic_save_npy(os.path.join(self.out_dir, fname), arr[:n].astype(dt))
+      files.save_npy(os.path.join(self.out_dir, fname), arr[:n].astype(dt))
       entry[name] = fname
     self.shards.append(entry)
     self._buf = [x[n:]] if n < len(x) else []
@@ -125,7 +112,7 @@ class ShardWriter:
          "n_rows": sum(s["rows"] for s in self.shards), "rows_per_shard": self.rows_per_shard,
          "complete": complete, "shards": self.shards, "source": self.source}
     m.update(self.extra)
-    _atomic_write_json(os.path.join(self.out_dir, MANIFEST), m)
+    files.write_json(os.path.join(self.out_dir, MANIFEST), m)
     return m
 
   def close(self) -> dict[str, Any]:

@@ -8,6 +8,10 @@ used in the forward pass of step ``s`` are the schedules evaluated at ``s`` (the
 * k budget(s) = int(D (1 - r) + k r), r = min(s, K)/K, K = k_anneal_frac * T (K = 0: budget = k).
 * alpha(s) = alpha_start (1 - r) + alpha r, r = min(s, A)/A.
 * hard(s) = s > T - H with H = round(hard_frac * T) (SoftSAE only).
+* l0_coeff(s) = sae.l0_coeff * r, r = min(s, W)/W, W = l0_warmup_frac * T (JumpReLU only reads it).
+
+What each architecture computes (its loss terms, inference rule, state update, frozen parameters)
+is its entry in :mod:`softsae_jax.archs`; this module only looks it up.
 
 Hard phase (``train.hard_freeze=True``, the reference's semantics, §7.1): codes are the hard
 top-floor(k-hat) of the ReLU activations with the gradient stopped, so the reconstruction trains
@@ -25,39 +29,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from softsae_jax import losses
+from softsae_jax import archs, losses, sharding
 from softsae_jax.config import Config
-from softsae_jax.optim import freeze, lr_schedule, make_optimizer, unit_norm_decoder
-from softsae_jax.sae import decode, encode, estimate_k, init_params, pre_acts, scatter_codes, sparse_decode, topk_sparse
+from softsae_jax.optim import freeze, lr_schedule, unit_norm_decoder
 from softsae_jax.types import Metrics, Params, TrainState
 
 
-def schedules(cfg: Config, step) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(k_budget, alpha, hard) at ``step`` (traced or Python int)."""
+def schedules(cfg: Config, step) -> archs.Schedule:
+  """The schedules' values at ``step`` (traced or Python int): k budget, alpha, hard phase, L0 coefficient."""
   t = cfg.train.steps
   s = jnp.asarray(step, jnp.float32)
-  k_anneal = int(round(cfg.train.k_anneal_frac * t))
-  a_anneal = int(round(cfg.train.alpha_anneal_frac * t))
   d, k = cfg.sae.d_in, cfg.sae.k
   # The end values are selected explicitly: under jit XLA turns the division by the constant into a
   # multiplication by its reciprocal, r can come out 1 ulp above 1 and floor(...) would then give
   # k - 1 for the rest of the run.
-  if k_anneal > 0:
-    r = jnp.minimum(s, k_anneal) / k_anneal
-    budget = jnp.where(s >= k_anneal, float(k), jnp.floor(d * (1.0 - r) + k * r))
-  else:
-    budget = jnp.asarray(float(k))
-  if a_anneal > 0:
-    r = jnp.minimum(s, a_anneal) / a_anneal
-    alpha = jnp.where(s >= a_anneal, cfg.sae.alpha, cfg.sae.alpha_start * (1.0 - r) + cfg.sae.alpha * r)
-  else:
-    alpha = jnp.asarray(cfg.sae.alpha, jnp.float32)
+  budget = _ramp(s, int(round(cfg.train.k_anneal_frac * t)), float(d), float(k), floor=True)
+  alpha = _ramp(s, int(round(cfg.train.alpha_anneal_frac * t)), cfg.sae.alpha_start, cfg.sae.alpha)
+  l0_coeff = _ramp(s, int(round(cfg.train.l0_warmup_frac * t)), 0.0, cfg.sae.l0_coeff)
   n_hard = int(round(cfg.train.hard_frac * t)) if cfg.sae.arch == "softsae" else 0
   hard = (s > t - n_hard) if n_hard > 0 else jnp.asarray(False)
-  return budget.astype(jnp.float32), jnp.asarray(alpha, jnp.float32), hard
+  return archs.Schedule(k_budget=budget, alpha=alpha, hard=hard, l0_coeff=l0_coeff)
+
+
+def _ramp(s, n: int, start: float, end: float, *, floor: bool = False) -> jax.Array:
+  """start -> end linearly over steps [0, n], then ``end`` exactly (float32)."""
+  if n <= 0:
+    return jnp.asarray(end, jnp.float32)
+  r = jnp.minimum(s, n) / n
+  v = start * (1.0 - r) + end * r
+  return jnp.where(s >= n, end, jnp.floor(v) if floor else v).astype(jnp.float32)
 
 
 def geometric_median(x_ND: np.ndarray, iters: int = 100, tol: float = 1e-5) -> np.ndarray:
@@ -76,135 +78,93 @@ def geometric_median(x_ND: np.ndarray, iters: int = 100, tol: float = 1e-5) -> n
 
 def init_train_state(key: jax.Array, cfg: Config, tx: optax.GradientTransformation, *,
                      b_dec_D: jax.Array | np.ndarray | None = None, norm_factor: float = 1.0) -> TrainState:
-  """The initial state; ``b_dec_D`` (normalised units) replaces the zero decoder bias when given."""
+  """The initial state; ``b_dec_D`` (normalised units) replaces the zero decoder bias when given.
+
+  Pure: under ``jax.jit(..., out_shardings=...)`` (:func:`init_sharded`) every leaf is created
+  directly with its sharding, so no host ever holds the whole state.
+  """
   k_init, k_state = jax.random.split(key)
-  params = init_params(k_init, cfg.sae)
+  params = archs.init_params(k_init, cfg.sae)
   if b_dec_D is not None:
     params = params._replace(b_dec=jnp.asarray(b_dec_D, jnp.float32))
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
       key=jax.random.key_data(k_state), since_fired_F=jnp.zeros((cfg.sae.F,), jnp.int32),
-      threshold=jnp.asarray(-1.0, jnp.float32), norm_factor=jnp.asarray(norm_factor, jnp.float32),
+      arch_state=archs.init_arch_state(cfg.sae), norm_factor=jnp.asarray(norm_factor, jnp.float32),
       n_skipped=jnp.zeros((), jnp.int32))
 
 
-def _loss_fn(params: Params, x_BD, valid_B, dead_F, step, cfg: Config):
-  """Scalar loss and auxiliaries (acts_BF, recon_BD, k_B, term values) for one batch."""
-  sae = cfg.sae
-  budget, alpha, hard = schedules(cfg, step)
+def abstract_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:
+  """The state's shapes and dtypes (``jax.eval_shape``), allocating nothing."""
+  return jax.eval_shape(lambda k: init_train_state(k, cfg, tx), jax.random.key(0))
 
-  def finish(acts_BF, recon_BD, pre_BF, k_B, main, k_loss):
-    aux = losses.auxk_loss(params, pre_BF, x_BD - recon_BD, dead_F, sae.k_aux, valid_B)
-    loss = main + sae.k_loss_weight * k_loss + sae.auxk_alpha * aux
-    return loss, (acts_BF, recon_BD, k_B, main, k_loss, aux)
 
-  zero = jnp.zeros((), jnp.float32)
+def state_shardings(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh) -> TrainState:
+  """The NamedSharding of every state leaf, from the rule table in :mod:`softsae_jax.sharding`."""
+  return sharding.tree_shardings(abstract_state(cfg, tx), mesh)
 
-  def sparse_topk_loss(pre_BF, k_B, max_k, freeze=False):
-    vals_BK, idx_BK = topk_sparse(pre_BF, k_B, max_k)
-    if freeze:
-      vals_BK = jax.lax.stop_gradient(vals_BK)
-    recon_BD = sparse_decode(params.w_dec, idx_BK, vals_BK) + params.b_dec[None, :]
-    acts_BF = jax.lax.stop_gradient(scatter_codes(vals_BK, idx_BK, sae.F))
-    return finish(acts_BF, recon_BD, pre_BF, k_B, losses.recon_loss(x_BD, recon_BD, valid_B), zero)
 
-  if sae.arch == "softsae":
+def init_sharded(key: jax.Array, cfg: Config, tx: optax.GradientTransformation, mesh: Mesh, *,
+                 b_dec_D: np.ndarray, norm_factor: float) -> TrainState:
+  """:func:`init_train_state` jitted with the state's shardings as outputs."""
+  fn = jax.jit(lambda k, b, n: init_train_state(k, cfg, tx, b_dec_D=b, norm_factor=n),
+               out_shardings=state_shardings(cfg, tx, mesh))
+  return fn(key, jnp.asarray(b_dec_D, jnp.float32), jnp.asarray(norm_factor, jnp.float32))
 
-    def soft(_):
-      codes = encode(params, x_BD, sae, train=True, alpha=alpha)
-      recon_BD = decode(params, codes.acts_BF, sae)
-      k_loss = losses.k_budget_loss(codes.k_B, budget, sae.k_loss_beta, valid_B)
-      return finish(codes.acts_BF, recon_BD, codes.pre_BF, codes.k_B,
-                    losses.recon_loss(x_BD, recon_BD, valid_B), k_loss)
 
-    def hard_phase(_):
-      pre_BF = pre_acts(params, x_BD, sae)
-      k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae))
-      return sparse_topk_loss(pre_BF, k_B, sae.kmax, freeze=cfg.train.hard_freeze)
-
-    return jax.lax.cond(hard, hard_phase, soft, None)
-
-  if sae.arch == "topk":
-    return sparse_topk_loss(pre_acts(params, x_BD, sae), jnp.full(x_BD.shape[:1], float(sae.k)), sae.k)
-  codes = encode(params, x_BD * valid_B[:, None], sae, train=True)
-  if sae.arch == "matryoshka":
-    main, recon_BD = losses.matryoshka_loss(params, x_BD, codes.acts_BF, sae.group_sizes(), valid_B)
-    return finish(codes.acts_BF, recon_BD, codes.pre_BF, codes.k_B, main, zero)
-  recon_BD = decode(params, codes.acts_BF, sae)
-  main = losses.recon_loss(x_BD, recon_BD, valid_B)
-  if sae.arch == "relu":
-    main = main + sae.l1_coeff * losses.l1_penalty(codes.acts_BF, params.w_dec, valid_B)
-  return finish(codes.acts_BF, recon_BD, codes.pre_BF, codes.k_B, main, zero)
+def _loss_fn(params: Params, x_BD, valid_B, dead_F, sched: archs.Schedule, cfg: Config):
+  """Scalar loss and the arch's terms and AuxK for one batch: main + sparsity + auxk_alpha * AuxK."""
+  terms = archs.get(cfg.sae.arch).train_terms(params, x_BD, valid_B, sched, cfg)
+  aux = losses.auxk_loss(params, terms.pre_BF, x_BD - terms.recon_BD, dead_F, cfg.sae.k_aux, valid_B)
+  return terms.main + terms.sparsity + cfg.sae.auxk_alpha * aux, (terms, aux)
 
 
 def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: Config,
                tx: optax.GradientTransformation) -> tuple[TrainState, Metrics]:
   """One optimizer step (pure). ``x_BD`` raw activations in any float dtype; ``valid_B`` bool."""
   sae = cfg.sae
+  arch = archs.get(sae.arch)
   valid_f = valid_B.astype(jnp.float32)
   x_BD = x_BD.astype(jnp.float32) / state.norm_factor
   x_BD = jnp.where(valid_B[:, None], x_BD, 0.0)
   dead_F = state.since_fired_F >= sae.dead_tokens
-  (loss, (acts_BF, recon_BD, k_B, main, k_loss, aux)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
-      state.params, x_BD, valid_f, dead_F, state.step, cfg)
+  sched = schedules(cfg, state.step)
+  (loss, (terms, aux)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
+      state.params, x_BD, valid_f, dead_F, sched, cfg)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  budget, alpha, hard = schedules(cfg, state.step)
-  if sae.arch == "softsae" and cfg.train.hard_freeze:
-    kest = hard
-    enc = hard & ~jnp.any(dead_F)
-    frozen = Params(w_enc=enc, b_enc=enc, w_dec=False, b_dec=False, w_k1=kest, b_k1=kest, w_k2=kest, b_k2=kest)
+  frozen = arch.frozen(sched, jnp.any(dead_F), state.params, cfg)
+  if frozen is not None:
     updates = jax.tree.map(lambda u, f: jnp.where(f, jnp.zeros_like(u), u), updates, frozen)
     opt_state = freeze(opt_state, state.opt_state, frozen)
   params = unit_norm_decoder(optax.apply_updates(state.params, updates))
 
+  acts_BF = terms.acts_BF
   n_valid = valid_f.sum()
   fired_F = jnp.any((acts_BF != 0) & valid_B[:, None], axis=0)
   since_fired_F = jnp.where(fired_F, 0, state.since_fired_F + n_valid.astype(jnp.int32))
-
-  threshold = state.threshold
-  if sae.arch in ("batchtopk", "matryoshka"):
-    sel_BF = (acts_BF > 0) & valid_B[:, None]
-    min_act = jnp.min(jnp.where(sel_BF, acts_BF, jnp.inf))
-    start = int(round(sae.threshold_start_frac * cfg.train.steps))
-    # A running mean over the first 1/(1-beta) updates, then the EMA: the reference's plain EMA
-    # (beta 0.999 from step 1000) stays biased towards early values in short runs.
-    n_upd = (state.step - start).astype(jnp.float32)
-    beta = jnp.minimum(sae.threshold_beta, n_upd / (n_upd + 1.0))
-    ema = jnp.where(threshold < 0, min_act, beta * threshold + (1 - beta) * min_act)
-    threshold = jnp.where((state.step >= start) & jnp.isfinite(min_act), ema, threshold)
+  arch_state = arch.update_state(state.arch_state, state.step, acts_BF, valid_B, cfg)
 
   l0_B = (acts_BF != 0).sum(axis=1).astype(jnp.float32)
   big = jnp.float32(3e38)
   metrics = Metrics(
-      loss=loss, mse=main if sae.arch not in ("relu",) else losses.recon_loss(x_BD, recon_BD, valid_f),
-      fvu=losses.fvu(x_BD, recon_BD, valid_f), k_loss=k_loss, aux_loss=aux,
+      loss=loss, mse=losses.recon_loss(x_BD, terms.recon_BD, valid_f),
+      fvu=losses.fvu(x_BD, terms.recon_BD, valid_f), sparsity_loss=terms.sparsity, aux_loss=aux,
       l0_mean=jnp.sum(l0_B * valid_f) / jnp.maximum(n_valid, 1.0),
-      k_mean=jnp.sum(k_B * valid_f) / jnp.maximum(n_valid, 1.0),
-      k_min=jnp.min(jnp.where(valid_B, k_B, big)), k_max=jnp.max(jnp.where(valid_B, k_B, -big)),
-      dead_frac=jnp.mean(since_fired_F >= sae.dead_tokens), k_budget=budget,
-      alpha=alpha, lr=lr_schedule(cfg)(state.step), grad_norm=optax.tree.norm(grads))
+      k_mean=jnp.sum(terms.k_B * valid_f) / jnp.maximum(n_valid, 1.0),
+      k_min=jnp.min(jnp.where(valid_B, terms.k_B, big)), k_max=jnp.max(jnp.where(valid_B, terms.k_B, -big)),
+      dead_frac=jnp.mean(since_fired_F >= sae.dead_tokens), k_budget=sched.k_budget,
+      alpha=sched.alpha, lr=lr_schedule(cfg)(state.step), grad_norm=optax.tree.norm(grads))
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=state.key,
-                         since_fired_F=since_fired_F, threshold=threshold, norm_factor=state.norm_factor,
+                         since_fired_F=since_fired_F, arch_state=arch_state, norm_factor=state.norm_factor,
                          n_skipped=state.n_skipped + (valid_B.shape[0] - n_valid).astype(jnp.int32))
   return new_state, metrics
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A ("data", "model") mesh over all devices, data-parallel for now (model axis of size 1)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices).reshape(len(devices), 1), ("data", "model"))
-
-
-def shardings(mesh: Mesh):
-  """(replicated, batch rows [B, D], row mask [B]) shardings."""
-  return NamedSharding(mesh, P()), NamedSharding(mesh, P("data", None)), NamedSharding(mesh, P("data"))
-
-
 def make_train_step(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh) -> Callable:
-  """The only jit: ``step(state, x_BD, valid_B) -> (state, metrics)``, state donated, params and
-  optimizer state replicated, the batch sharded over 'data'."""
-  repl, rows, mask = shardings(mesh)
+  """The only jit: ``step(state, x_BD, valid_B) -> (state, metrics)``, state donated, every state
+  leaf sharded by the rule table (:func:`state_shardings`), the batch split over 'data'."""
+  state_sh = state_shardings(cfg, tx, mesh)
+  rows, mask = sharding.batch_shardings(mesh)
   fn = functools.partial(train_step, cfg=cfg, tx=tx)
-  return jax.jit(fn, in_shardings=(repl, rows, mask), out_shardings=(repl, repl), donate_argnums=0)
-
-
+  return jax.jit(fn, in_shardings=(state_sh, rows, mask), out_shardings=(state_sh, sharding.replicated(mesh)),
+                 donate_argnums=0)

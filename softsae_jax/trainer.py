@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from softsae_jax import config as config_lib
+from softsae_jax import files, sharding
 from softsae_jax.checkpoint import Checkpointer, abstract_like
 from softsae_jax.config import Config, ConfigError
 from softsae_jax.data import BatchSource, estimate_norm_factor, prefetch, to_global
 from softsae_jax.optim import make_optimizer
 from softsae_jax.shards import DataError, open_dataset
-from softsae_jax.train import geometric_median, init_train_state, make_mesh, make_train_step, shardings
+from softsae_jax.train import abstract_state, geometric_median, init_sharded, make_train_step, state_shardings
 
 
 class WorkdirError(ValueError):
@@ -35,13 +36,6 @@ class WorkdirError(ValueError):
 
 # Keys that do not change the trained model: a resumed run may change them.
 RESULT_NEUTRAL = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "data.prefetch"})
-
-
-def _write_json(path: str, obj: Any) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -71,10 +65,7 @@ def _truncate_metrics(workdir: str, step: int) -> None:
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(rec) + "\n" for rec in read_metrics(workdir) if rec["step"] <= step)
-  os.replace(tmp, path)
+  files.write_text(path, "".join(json.dumps(rec) + "\n" for rec in read_metrics(workdir) if rec["step"] <= step))
 
 
 def data_info(ds) -> dict[str, Any]:
@@ -128,22 +119,21 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
     log(f"run in {workdir} already finished at step {resume}; nothing to do")
     return {"step": resume, "finished": True}
 
-  mesh = make_mesh()
-  repl, rows_sh, mask_sh = shardings(mesh)
+  mesh = sharding.make_mesh()
+  rows_sh, mask_sh = sharding.batch_shardings(mesh)
   tx = make_optimizer(cfg)
   step_fn = make_train_step(cfg, tx, mesh)
   source = BatchSource(ds, cfg.train.batch_size, cfg.train.seed, shuffle=cfg.data.shuffle,
                        skip_nonfinite=cfg.data.skip_nonfinite, process_index=jax.process_index(),
                        process_count=jax.process_count())
   key = jax.random.key(cfg.train.seed)
-  init_abstract = jax.eval_shape(lambda k: init_train_state(k, cfg, tx), key)
 
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   try:
     if resume is not None:
-      state, data_state = ckpt.restore(resume, abstract_like(init_abstract, repl))
+      state, data_state = ckpt.restore(resume, abstract_like(abstract_state(cfg, tx), state_shardings(cfg, tx, mesh)))
       start = int(state.step)
       log(f"resuming from step {start}")
       _truncate_metrics(workdir, start)
@@ -151,10 +141,9 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
       nf = estimate_norm_factor(ds, cfg.data.norm_sample_rows, cfg.data.skip_nonfinite) if cfg.data.normalize else 1.0
       x0, valid0 = source.batch(0)
       b_dec = geometric_median(x0[valid0].astype(np.float64) / nf)
-      state = init_train_state(key, cfg, tx, b_dec_D=b_dec, norm_factor=nf)
-      state = jax.device_put(state, repl)
-      _write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
-      _write_json(os.path.join(workdir, "run.json"), {"data": data_info(ds), "norm_factor": nf,
+      state = init_sharded(key, cfg, tx, mesh, b_dec_D=b_dec, norm_factor=nf)
+      files.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+      files.write_json(os.path.join(workdir, "run.json"), {"data": data_info(ds), "norm_factor": nf,
                                                       "devices": jax.device_count(), "jax": jax.__version__})
       _truncate_metrics(workdir, 0)
       start = 0

@@ -20,18 +20,34 @@ Array = jax.Array
 
 
 class Params(NamedTuple):
-  """SAE parameters; float32. Field names are checkpoint keys: never rename."""
+  """SAE parameters; float32. Field names are checkpoint keys: never rename.
+
+  The four fields every architecture has, plus ``extra``: the architecture's own parameters as an
+  optional subtree (``None`` for TopK, BatchTopK, Matryoshka and ReLU; :class:`KEstimator` for
+  SoftSAE; :class:`JumpThreshold` for JumpReLU), defined by its entry in :mod:`softsae_jax.archs`.
+  """
 
   w_enc: Array  # [D, F]
   b_enc: Array  # [F]
   w_dec: Array  # [F, D]; rows are unit-norm dictionary atoms
   b_dec: Array  # [D]
-  # k-estimator MLP D -> F -> 1 (SoftSAE only; size-1 placeholders for the other archs so every
-  # checkpoint has the same tree structure).
+  extra: Any = None
+
+
+class KEstimator(NamedTuple):
+  """SoftSAE's k-estimator MLP D -> F -> 1: k-hat = k_max * sigmoid(w_k2 . ReLU((x - b_dec) w_k1 + b_k1) + b_k2)."""
+
   w_k1: Array  # [D, F]
   b_k1: Array  # [F]
   w_k2: Array  # [F]
   b_k2: Array  # []
+
+
+class JumpThreshold(NamedTuple):
+  """JumpReLU's per-latent threshold theta (normalised units): a latent fires when its pre-activation
+  exceeds it."""
+
+  threshold: Array  # [F]
 
 
 class Codes(NamedTuple):
@@ -55,7 +71,8 @@ class TrainState(NamedTuple):
   opt_state: Any
   key: Array  # PRNG key data (uint32 [2]); per-step keys are fold_in(key, step)
   since_fired_F: Array  # [F] int32 tokens since each latent last fired (AuxK dead mask)
-  threshold: Array  # [] float32 BatchTopK/Matryoshka inference threshold (EMA); unused otherwise
+  arch_state: Any  # the architecture's non-trained state (BatchTopK/Matryoshka: the [] float32
+  #                  inference threshold EMA); None for the others
   norm_factor: Array  # [] float32 raw activations are divided by this before the SAE sees them
   n_skipped: Array  # [] int32 non-finite rows masked out of training so far
 
@@ -66,7 +83,7 @@ class Metrics(NamedTuple):
   loss: Array
   mse: Array
   fvu: Array
-  k_loss: Array
+  sparsity_loss: Array  # the arch's sparsity term, weighted (SoftSAE k budget, ReLU L1, JumpReLU L0)
   aux_loss: Array
   l0_mean: Array
   k_mean: Array

@@ -77,7 +77,7 @@ def test_eval_and_encode_roundtrip(trained, data, tmp_path, capsys):
   assert "k_hat_mean" in res
   codes = tmp_path / "codes"
   assert run_cli("encode", "--workdir", trained, "--data", data, "--out", codes) == 0
-  from softsae_jax.evaluate import decode_csr, infer, load_model
+  from softsae_jax.evaluate import decode_csr, load_model
   from softsae_jax.shards import open_dataset
   from softsae_jax.data import read_rows
 
@@ -91,7 +91,7 @@ def test_eval_and_encode_roundtrip(trained, data, tmp_path, capsys):
   model = load_model(trained)
   ds = open_dataset(data)
   x = read_rows(ds, np.arange(12000)).astype(np.float32)
-  recon, _, _ = infer(model, x[:500])
+  recon = model.reconstruct(x[:500])
   np.testing.assert_allclose(decode_csr(model, off[:501], idx[:off[500]], val[:off[500]]), recon, rtol=1e-4, atol=1e-4)
   manifest = json.loads((codes / "manifest.json").read_text())
   assert manifest["format"] == "softsae-codes/1" and manifest["n_rows"] == 12000
@@ -253,7 +253,7 @@ def test_eval_and_encode_on_other_width_or_missing_workdir(trained, data, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "d_model is 17 but the checkpoint was trained on d_model=16" in err[0]
   assert run_cli("eval", "--workdir", tmp_path / "nowork", "--data", data) == 1
-  assert "has no checkpoints/ directory" in capsys.readouterr().err
+  assert "nowork does not exist" in capsys.readouterr().err
 
 
 def test_changed_config_on_existing_workdir_is_refused(trained, data, capsys):

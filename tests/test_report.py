@@ -20,7 +20,7 @@ import pytest
 
 from softsae_jax import cli, config, report, trainer
 from softsae_jax.checkpoint import CheckpointError
-from softsae_jax.evaluate import infer, load_model
+from softsae_jax.evaluate import load_model
 from softsae_jax.shards import DataError, ShardWriter
 
 D = 16
@@ -123,7 +123,7 @@ def test_passage_tokens_match_the_model_and_the_vocab(runs):
   model = load_model(runs["soft"])
   x = np.concatenate([np.load(os.path.join(runs["data"], f)) for f in sorted(os.listdir(runs["data"]))
                       if f.startswith("shard_")])[rows]
-  _, acts, k_hat = infer(model, x)
+  _, acts, k_hat = model.infer(x)
   l0 = (acts != 0).sum(axis=1)
   np.testing.assert_allclose([float(a["data-k"]) for a, _ in spans], k_hat, atol=2e-3)
   np.testing.assert_array_equal([int(a["data-l0"]) for a, _ in spans], l0)
@@ -201,7 +201,7 @@ def test_errors_are_one_line(runs, tmp_path, capsys, monkeypatch):
     sae = dataclasses.replace(m.cfg.sae, d_in=D + 4)
     return dataclasses.replace(m, cfg=dataclasses.replace(m.cfg, sae=sae))
 
-  monkeypatch.setattr(report, "load_model", load)
+  monkeypatch.setattr(report, "load", load)
   with pytest.raises(DataError, match=f"the --compare run {re.escape(runs['topk'])} was trained on d_model={D + 4}"):
     report.build_report(runs["soft"], runs["data"], str(tmp_path / "r.html"), compare=[runs["topk"]])
   capsys.readouterr()

@@ -1,4 +1,4 @@
-"""The SAE family against a plain float64 NumPy implementation written here from SOFTSAE_SPEC.md."""
+"""The SAE family against a plain float64 NumPy implementation written here from docs/method.md."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,8 @@ import pytest
 
 from softsae_jax import losses
 from softsae_jax.config import SaeConfig
-from softsae_jax.sae import decode, encode, estimate_k, init_params, pre_acts
+from softsae_jax.archs import encode, estimate_k, init_params
+from softsae_jax.sae import decode, pre_acts
 from softsae_jax.types import Params
 
 D, F, B = 6, 16, 5
@@ -49,8 +50,9 @@ def np_softsae(p, x, cfg, alpha, budget, dead):
   """SoftSAE training forward and loss (spec §2.2, §2.3, §3.1, §3.2), float64."""
   z = x - p.b_dec
   pre = np.maximum(z @ p.w_enc + p.b_enc, 0)
-  h = np.maximum(z @ p.w_k1 + p.b_k1, 0)
-  k_hat = np.clip(cfg.kmax / (1 + np.exp(-(h @ p.w_k2 + p.b_k2))), 1, F)
+  est = p.extra
+  h = np.maximum(z @ est.w_k1 + est.b_k1, 0)
+  k_hat = np.clip(cfg.kmax / (1 + np.exp(-(h @ est.w_k2 + est.b_k2))), 1, F)
   w = np_soft_topk(pre, k_hat, alpha)
   acts = pre * w
   recon = acts @ p.w_dec + p.b_dec
@@ -109,11 +111,12 @@ def test_train_loss_fn_matches_numpy(setup):
   cfg, p32, p64, x = setup
   full = config_lib.Config(sae=cfg, train=config_lib.TrainConfig(steps=100, k_anneal_frac=0.1, alpha_anneal_frac=0.5))
   step = 3
-  budget, alpha, hard = schedules(full, step)
-  assert not bool(hard)
+  sched = schedules(full, step)
+  budget, alpha = sched.k_budget, sched.alpha
+  assert not bool(sched.hard)
   dead = np.zeros(F, bool)
   dead[[0, 2]] = True
-  loss, _ = _loss_fn(p32, jnp.asarray(x), jnp.ones((B,), jnp.float32), jnp.asarray(dead), jnp.int32(step), full)
+  loss, _ = _loss_fn(p32, jnp.asarray(x), jnp.ones((B,), jnp.float32), jnp.asarray(dead), sched, full)
   ref = np_softsae(p64, x.astype(np.float64), cfg, float(alpha), float(budget), dead)
   np.testing.assert_allclose(loss, ref["loss"], rtol=2e-4)
 
@@ -153,10 +156,10 @@ def test_init_follows_spec():
   p = init_params(jax.random.key(0), cfg)
   np.testing.assert_allclose(np.linalg.norm(p.w_dec, axis=1), 1.0, rtol=1e-6)
   np.testing.assert_array_equal(p.w_enc, p.w_dec.T)
-  np.testing.assert_array_equal(p.w_k1, p.w_enc)
+  np.testing.assert_array_equal(p.extra.w_k1, p.w_enc)
   assert float(jnp.abs(p.b_enc).max()) == 0.0 and float(jnp.abs(p.b_dec).max()) == 0.0
   bound = 1 / np.sqrt(32)
-  assert float(jnp.abs(p.w_k2).max()) <= bound
+  assert float(jnp.abs(p.extra.w_k2).max()) <= bound
   # k-hat at init is near k_max / 2 (second layer output near 0).
   k = estimate_k(p, jnp.asarray(np.random.default_rng(0).normal(size=(64, 8)), jnp.float32), cfg)
   assert abs(float(k.mean()) - cfg.kmax / 2) < 1.5
@@ -176,8 +179,8 @@ def test_soft_grad_stop_keeps_khat_gradient_and_drops_score_gradient(setup):
   g_f = jax.grad(loss)(p32, cfg)
   g_s = jax.grad(loss)(p32, stop)
   # The estimator learns in both modes, and its gradient is the same (it only enters through k-hat).
-  assert float(jnp.abs(g_s.w_k2).max()) > 0
-  np.testing.assert_allclose(g_s.w_k2, g_f.w_k2, rtol=1e-5, atol=1e-7)
+  assert float(jnp.abs(g_s.extra.w_k2).max()) > 0
+  np.testing.assert_allclose(g_s.extra.w_k2, g_f.extra.w_k2, rtol=1e-5, atol=1e-7)
   # The encoder gradient differs: the operator's competition term is dropped.
   assert float(jnp.abs(g_s.w_enc - g_f.w_enc).max()) > 1e-6
 
@@ -198,7 +201,7 @@ def test_baselines_encode(arch):
     flat = pre.reshape(-1)
     kept = np.sort(flat)[::-1][:3 * B]
     np.testing.assert_allclose(np.sort(acts[acts != 0])[::-1], kept[kept > 0], rtol=1e-6)
-    inf = np.asarray(encode(p32, x, cfg, threshold=0.2).acts_BF)
+    inf = np.asarray(encode(p32, x, cfg, arch_state=jnp.float32(0.2)).acts_BF)
     np.testing.assert_array_equal(inf, np.where(pre > 0.2, pre, 0))
   else:
     np.testing.assert_array_equal(acts, pre)

@@ -1,0 +1,412 @@
+"""The architectures: one table of per-arch pure functions, keyed by ``SaeConfig.arch``.
+
+Every architecture shares the building blocks of :mod:`softsae_jax.sae` (ReLU encoder over
+``x - b_dec``, unit-norm decoder atoms) and differs in five pure functions, gathered in an
+:class:`Arch` entry of :data:`ARCHS`:
+
+* ``init_extra(keys, w_enc_DF, cfg)``: its own parameters, the optional ``Params.extra`` subtree
+  (``None`` when it has none);
+* ``init_state(cfg)``: its own non-trained state, ``TrainState.arch_state`` (``None`` when none);
+* ``train_terms(params, x_BD, valid_B, sched, cfg)``: the training-mode forward pass and its loss
+  terms, a :class:`Terms`;
+* ``infer(params, arch_state, x_BD, cfg)``: the inference rule, ``(acts_BF, k_B)``;
+* ``update_state(arch_state, step, acts_BF, valid_B, cfg)``: the post-step update of its state;
+* ``frozen(sched, any_dead, params, cfg)``: which parameters the optimizer must leave untouched this
+  step (a Params-shaped bool tree), or ``None``.
+
+``train.py`` and ``evaluate.py`` only look the entry up; they never branch on the arch's name.
+Adding an architecture means writing these functions and one :data:`ARCHS` entry here, adding its
+name to ``config.ARCHS`` (and its hyper-parameters, if any, to ``SaeConfig``), plus its tests.
+
+The archs (docs/method.md §2, §4):
+
+* ``softsae``: a k-estimator MLP D -> F -> 1 predicts a real k-hat in [1, k_max] per row. Training
+  multiplies the ReLU activations by LapSum soft top-k weights (sum = k-hat); inference keeps the
+  floor(k-hat) largest ReLU activations of each row. Stępień et al., arXiv 2605.06610.
+* ``topk``: the k largest ReLU activations per row. Gao et al., arXiv 2406.04093.
+* ``batchtopk``: training keeps the k*B largest activations of the whole batch; inference keeps
+  activations above a learned threshold (an EMA of the smallest selected activation). Bussmann et
+  al., arXiv 2412.06410.
+* ``matryoshka``: batch top-k with nested groups of latents, each prefix trained to reconstruct.
+  Bussmann et al., arXiv 2503.17547.
+* ``relu``: plain ReLU with an L1 penalty.
+* ``jumprelu``: a per-latent learned threshold theta, trained with an L0 penalty through
+  straight-through estimators with a rectangle kernel; inference ``pre * (pre > theta)``.
+  Rajamanoharan et al., arXiv 2407.14435.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from softsae_jax import config as config_lib
+from softsae_jax import losses
+from softsae_jax.config import Config, SaeConfig
+from softsae_jax.sae import (affine, batch_topk, decode, init_core, pre_acts, scatter_codes, sparse_decode,
+                             topk_sparse)
+from softsae_jax.topk import hard_topk, soft_topk
+from softsae_jax.types import Codes, JumpThreshold, KEstimator, Params
+
+
+class Schedule(NamedTuple):
+  """The schedules' values at one step (traced scalars), from :func:`softsae_jax.train.schedules`."""
+
+  k_budget: jax.Array  # SoftSAE's k budget (annealed from D to k)
+  alpha: jax.Array  # the soft top-k's Laplace scale
+  hard: jax.Array  # bool: SoftSAE's hard phase
+  l0_coeff: jax.Array  # JumpReLU's L0 coefficient (warmed up from 0)
+
+
+class Terms(NamedTuple):
+  """What an arch's training-mode forward pass returns.
+
+  ``main`` is the reconstruction term the loss uses (Matryoshka: the mean over nested prefixes) and
+  ``sparsity`` the arch's own weighted penalty (0 when it has none). ``acts_BF`` are the decoded codes
+  (the trainer reads them for statistics and the dead-latent counter), ``pre_BF`` the ReLU activations
+  before selection (AuxK reads them), ``k_B`` SoftSAE's k-hat or the per-row active count.
+  """
+
+  recon_BD: jax.Array
+  acts_BF: jax.Array
+  pre_BF: jax.Array
+  k_B: jax.Array
+  main: jax.Array
+  sparsity: jax.Array
+
+
+class Arch(NamedTuple):
+  init_extra: Callable[[jax.Array, jax.Array, SaeConfig], Any]
+  init_state: Callable[[SaeConfig], Any]
+  train_terms: Callable[..., Terms]
+  infer: Callable[..., tuple[jax.Array, jax.Array]]
+  update_state: Callable[..., Any]
+  frozen: Callable[..., Any]
+
+
+_ZERO = 0.0
+
+
+def _none(*_args, **_kw):
+  return None
+
+
+def _keep_state(arch_state, *_args, **_kw):
+  return arch_state
+
+
+def _count(acts_BF):
+  return (acts_BF > 0).sum(axis=1).astype(jnp.float32)
+
+
+def _dense_terms(params, x_BD, valid_B, acts_BF, pre_BF, cfg, sparsity=_ZERO, k_B=None) -> Terms:
+  recon_BD = decode(params, acts_BF, cfg)
+  return Terms(recon_BD, acts_BF, pre_BF, _count(acts_BF) if k_B is None else k_B,
+               losses.recon_loss(x_BD, recon_BD, valid_B), jnp.asarray(sparsity, jnp.float32))
+
+
+def _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, max_k, cfg, *, stop=False) -> Terms:
+  """The floor(k_B) largest activations per row, decoded sparsely (B*K*D work)."""
+  vals_BK, idx_BK = topk_sparse(pre_BF, k_B, max_k)
+  if stop:
+    vals_BK = jax.lax.stop_gradient(vals_BK)
+  recon_BD = sparse_decode(params.w_dec, idx_BK, vals_BK) + params.b_dec[None, :]
+  acts_BF = scatter_codes(vals_BK, idx_BK, cfg.F)  # for statistics: the training loss never reads it
+  return Terms(recon_BD, acts_BF, pre_BF, k_B, losses.recon_loss(x_BD, recon_BD, valid_B),
+               jnp.zeros((), jnp.float32))
+
+
+# ------------------------------------------------------------------------------------------ softsae
+
+
+def _softsae_init(keys, w_enc_DF, cfg: SaeConfig) -> KEstimator:
+  """The k-estimator's first layer is a separate copy of ``w_enc``; its second layer torch-default
+  uniform (docs/method.md §2.1)."""
+  k_w2, k_b2 = keys
+  bound = 1.0 / jnp.sqrt(cfg.F)
+  return KEstimator(w_k1=jnp.copy(w_enc_DF),  # own buffer: the state is donated
+                    b_k1=jnp.zeros((cfg.F,), jnp.float32),
+                    w_k2=jax.random.uniform(k_w2, (cfg.F,), jnp.float32, -bound, bound),
+                    b_k2=jax.random.uniform(k_b2, (), jnp.float32, -bound, bound))
+
+
+def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig) -> jax.Array:
+  """SoftSAE's k-hat: clamp(k_max * sigmoid(w2 . ReLU((x - b_dec) W1 + b1) + b2), 1, F), [B] float32.
+
+  Kept in float32 whatever the compute dtype (docs/method.md §7.9: bf16 would quantise k-hat).
+  """
+  est: KEstimator = params.extra
+  h_BF = jax.nn.relu(affine(x_BD, params.b_dec, est.w_k1, est.b_k1, cfg.compute_dtype))
+  logit_B = h_BF @ est.w_k2 + est.b_k2
+  return jnp.clip(cfg.kmax * jax.nn.sigmoid(logit_B), 1.0, float(cfg.F))
+
+
+def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig) -> Codes:
+  pre_BF = pre_acts(params, x_BD, cfg)
+  k_B = estimate_k(params, x_BD, cfg)
+  scores_BF = pre_BF if cfg.soft_grad == "faithful" else jax.lax.stop_gradient(pre_BF)
+  return Codes(pre_BF, pre_BF * soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax), k_B)
+
+
+def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config) -> Terms:
+  sae = cfg.sae
+
+  def soft(_):
+    codes = _softsae_soft_codes(params, x_BD, sched.alpha, sae)
+    k_loss = losses.k_budget_loss(codes.k_B, sched.k_budget, sae.k_loss_beta, valid_B)
+    return _dense_terms(params, x_BD, valid_B, codes.acts_BF, codes.pre_BF, sae,
+                        sparsity=sae.k_loss_weight * k_loss, k_B=codes.k_B)
+
+  def hard_phase(_):
+    pre_BF = pre_acts(params, x_BD, sae)
+    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae))
+    return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, sae, stop=cfg.train.hard_freeze)
+
+  return jax.lax.cond(sched.hard, hard_phase, soft, None)
+
+
+def _softsae_infer(params, arch_state, x_BD, cfg: SaeConfig):
+  del arch_state
+  k_B = estimate_k(params, x_BD, cfg)
+  return hard_topk(pre_acts(params, x_BD, cfg), jnp.floor(k_B), max_k=cfg.kmax), k_B
+
+
+def _softsae_frozen(sched: Schedule, any_dead, params: Params, cfg: Config):
+  """The hard phase with ``train.hard_freeze`` (docs/method.md §7.1): the k-estimator gets no update at
+  all, the encoder only on steps where AuxK has dead latents (PyTorch Adam skipping None gradients)."""
+  if not cfg.train.hard_freeze:
+    return None
+  kest, enc = sched.hard, sched.hard & ~any_dead
+  return Params(w_enc=enc, b_enc=enc, w_dec=jnp.asarray(False), b_dec=jnp.asarray(False),
+                extra=jax.tree.map(lambda _: kest, params.extra))
+
+
+# ------------------------------------------------------------------------------------- fixed k
+
+
+def _topk_terms(params, x_BD, valid_B, sched, cfg: Config) -> Terms:
+  k_B = jnp.full(x_BD.shape[:1], float(cfg.sae.k))
+  return _sparse_topk_terms(params, x_BD, valid_B, pre_acts(params, x_BD, cfg.sae), k_B, cfg.sae.k, cfg.sae)
+
+
+def _topk_infer(params, arch_state, x_BD, cfg: SaeConfig):
+  k_B = jnp.full(x_BD.shape[:1], float(cfg.k), jnp.float32)
+  acts_BF = hard_topk(pre_acts(params, x_BD, cfg), k_B, max_k=cfg.k)
+  return acts_BF, _count(acts_BF)
+
+
+def _batchtopk_terms(params, x_BD, valid_B, sched, cfg: Config) -> Terms:
+  pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
+  return _dense_terms(params, x_BD, valid_B, batch_topk(pre_BF, cfg.sae.k), pre_BF, cfg.sae)
+
+
+def _matryoshka_terms(params, x_BD, valid_B, sched, cfg: Config) -> Terms:
+  pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
+  acts_BF = batch_topk(pre_BF, cfg.sae.k)
+  main, recon_BD = losses.matryoshka_loss(params, x_BD, acts_BF, cfg.sae.group_sizes(), valid_B)
+  return Terms(recon_BD, acts_BF, pre_BF, _count(acts_BF), main, jnp.zeros((), jnp.float32))
+
+
+def _threshold_init(cfg: SaeConfig):
+  return jnp.asarray(-1.0, jnp.float32)  # < 0: not yet set
+
+
+def _threshold_infer(params, threshold, x_BD, cfg: SaeConfig):
+  pre_BF = pre_acts(params, x_BD, cfg)
+  acts_BF = jnp.where(pre_BF > threshold, pre_BF, 0.0)
+  return acts_BF, _count(acts_BF)
+
+
+def _threshold_update(threshold, step, acts_BF, valid_B, cfg: Config):
+  """The inference threshold: the smallest selected activation of each batch, averaged (docs/method.md §4).
+
+  A running mean over the first 1/(1-beta) updates, then the EMA: the reference's plain EMA (beta
+  0.999 from step 1000) stays biased towards early values in short runs.
+  """
+  sae = cfg.sae
+  sel_BF = (acts_BF > 0) & valid_B[:, None]
+  min_act = jnp.min(jnp.where(sel_BF, acts_BF, jnp.inf))
+  start = int(round(sae.threshold_start_frac * cfg.train.steps))
+  n_upd = (step - start).astype(jnp.float32)
+  beta = jnp.minimum(sae.threshold_beta, n_upd / (n_upd + 1.0))
+  ema = jnp.where(threshold < 0, min_act, beta * threshold + (1 - beta) * min_act)
+  return jnp.where((step >= start) & jnp.isfinite(min_act), ema, threshold)
+
+
+# ------------------------------------------------------------------------------------------ relu
+
+
+def _relu_terms(params, x_BD, valid_B, sched, cfg: Config) -> Terms:
+  pre_BF = pre_acts(params, x_BD, cfg.sae)
+  l1 = losses.l1_penalty(pre_BF, params.w_dec, valid_B)
+  return _dense_terms(params, x_BD, valid_B, pre_BF, pre_BF, cfg.sae, sparsity=cfg.sae.l1_coeff * l1)
+
+
+def _relu_infer(params, arch_state, x_BD, cfg: SaeConfig):
+  acts_BF = pre_acts(params, x_BD, cfg)
+  return acts_BF, _count(acts_BF)
+
+
+# -------------------------------------------------------------------------------------- jumprelu
+
+
+def _rectangle(u):
+  """The rectangle kernel K(u) = 1 for |u| < 1/2, else 0."""
+  return (jnp.abs(u) < 0.5).astype(u.dtype)
+
+
+@jax.custom_vjp
+def jumprelu(z_BF: jax.Array, theta_F: jax.Array, bandwidth: float) -> jax.Array:
+  """JumpReLU z * H(z - theta) with Rajamanoharan et al.'s straight-through gradients (eq. 11):
+  d/dz = H(z - theta); d/dtheta = -(theta / eps) K((z - theta) / eps)."""
+  return z_BF * (z_BF > theta_F[None, :])
+
+
+def _jumprelu_fwd(z_BF, theta_F, bandwidth):
+  return jumprelu(z_BF, theta_F, bandwidth), (z_BF, theta_F, bandwidth)
+
+
+def _jumprelu_bwd(res, g_BF):
+  z_BF, theta_F, eps = res
+  gate_BF = (z_BF > theta_F[None, :]).astype(g_BF.dtype)
+  d_theta_F = -jnp.sum(g_BF * (theta_F[None, :] / eps) * _rectangle((z_BF - theta_F[None, :]) / eps), axis=0)
+  return g_BF * gate_BF, d_theta_F, None
+
+
+jumprelu.defvjp(_jumprelu_fwd, _jumprelu_bwd)
+
+
+@jax.custom_vjp
+def step_fn(z_BF: jax.Array, theta_F: jax.Array, bandwidth: float) -> jax.Array:
+  """Heaviside H(z - theta) with the straight-through gradients of Rajamanoharan et al. (eq. 12):
+  d/dz = 0; d/dtheta = -(1 / eps) K((z - theta) / eps). Summed over latents it is the L0 norm."""
+  return (z_BF > theta_F[None, :]).astype(z_BF.dtype)
+
+
+def _step_fwd(z_BF, theta_F, bandwidth):
+  return step_fn(z_BF, theta_F, bandwidth), (z_BF, theta_F, bandwidth)
+
+
+def _step_bwd(res, g_BF):
+  z_BF, theta_F, eps = res
+  d_theta_F = -jnp.sum(g_BF * _rectangle((z_BF - theta_F[None, :]) / eps) / eps, axis=0)
+  return jnp.zeros_like(z_BF), d_theta_F, None
+
+
+step_fn.defvjp(_step_fwd, _step_bwd)
+
+
+def _jumprelu_init(keys, w_enc_DF, cfg: SaeConfig) -> JumpThreshold:
+  del keys, w_enc_DF
+  return JumpThreshold(threshold=jnp.full((cfg.F,), cfg.jumprelu_init_threshold, jnp.float32))
+
+
+def _jumprelu_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config) -> Terms:
+  sae = cfg.sae
+  theta_F = params.extra.threshold
+  pre_BF = pre_acts(params, x_BD, sae)
+  acts_BF = jumprelu(pre_BF, theta_F, sae.jumprelu_bandwidth)
+  l0_B = step_fn(pre_BF, theta_F, sae.jumprelu_bandwidth).sum(axis=1)
+  l0 = jnp.sum(l0_B * valid_B) / jnp.maximum(valid_B.sum(), 1.0)
+  return _dense_terms(params, x_BD, valid_B, acts_BF, pre_BF, sae, sparsity=sched.l0_coeff * l0)
+
+
+def _jumprelu_infer(params, arch_state, x_BD, cfg: SaeConfig):
+  pre_BF = pre_acts(params, x_BD, cfg)
+  acts_BF = jnp.where(pre_BF > params.extra.threshold[None, :], pre_BF, 0.0)
+  return acts_BF, _count(acts_BF)
+
+
+# ---------------------------------------------------------------------------------------- table
+
+
+ARCHS: dict[str, Arch] = {
+    "softsae": Arch(_softsae_init, _none, _softsae_terms, _softsae_infer, _keep_state, _softsae_frozen),
+    "topk": Arch(_none, _none, _topk_terms, _topk_infer, _keep_state, _none),
+    "batchtopk": Arch(_none, _threshold_init, _batchtopk_terms, _threshold_infer, _threshold_update, _none),
+    "matryoshka": Arch(_none, _threshold_init, _matryoshka_terms, _threshold_infer, _threshold_update, _none),
+    "relu": Arch(_none, _none, _relu_terms, _relu_infer, _keep_state, _none),
+    "jumprelu": Arch(_jumprelu_init, _none, _jumprelu_terms, _jumprelu_infer, _keep_state, _none),
+}
+if set(ARCHS) != set(config_lib.ARCHS):
+  raise ImportError(f"archs.ARCHS {tuple(ARCHS)} and config.ARCHS {config_lib.ARCHS} differ")
+
+
+def get(name: str) -> Arch:
+  """The table entry of an architecture (names are checked by ``SaeConfig``)."""
+  return ARCHS[name]
+
+
+# ---------------------------------------------------------------------------------- public API
+
+
+def init_params(key: jax.Array, cfg: SaeConfig) -> Params:
+  """Initial parameters of ``cfg.arch``: the shared four (docs/method.md §2.1) and the arch's own ``extra``.
+
+  Examples:
+    >>> cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4)
+    >>> p = init_params(jax.random.key(0), cfg)
+    >>> p.w_dec.shape, p.w_enc.shape, p.extra.w_k1.shape
+    ((32, 8), (8, 32), (8, 32))
+    >>> init_params(jax.random.key(0), SaeConfig(arch="topk", d_in=8, n_latents=32, k=4)).extra is None
+    True
+  """
+  k_core, *k_extra = jax.random.split(key, 3)
+  params = init_core(k_core, cfg)
+  return params._replace(extra=get(cfg.arch).init_extra(k_extra, params.w_enc, cfg))
+
+
+def init_arch_state(cfg: SaeConfig):
+  """The arch's initial non-trained state (``TrainState.arch_state``)."""
+  return get(cfg.arch).init_state(cfg)
+
+
+def encode(params: Params, x_BD: jax.Array, cfg: SaeConfig, *, train: bool = False,
+           alpha: jax.Array | float | None = None, arch_state: Any = None) -> Codes:
+  """Encodes normalised rows.
+
+  Args:
+    params: SAE parameters.
+    x_BD: [B, D] normalised inputs.
+    cfg: the SAE config (static).
+    train: training-mode selection (SoftSAE: soft top-k with ``alpha``; BatchTopK/Matryoshka: batch
+      top-k); False is the inference rule (SoftSAE: hard top-floor(k-hat); BatchTopK/Matryoshka: the
+      ``arch_state`` threshold; JumpReLU: its per-latent threshold).
+    alpha: soft top-k Laplace scale, required for ``softsae`` with ``train=True``.
+    arch_state: the arch's trained state (``TrainState.arch_state``): BatchTopK/Matryoshka's threshold.
+
+  Returns:
+    Codes(pre_BF, acts_BF, k_B): ``k_B`` is k-hat for SoftSAE, the per-row count of active latents
+    otherwise.
+
+  Examples:
+    >>> cfg = SaeConfig(arch="topk", d_in=8, n_latents=32, k=4)
+    >>> p = init_params(jax.random.key(0), cfg)
+    >>> c = encode(p, jnp.ones((2, 8)), cfg)
+    >>> int((c.acts_BF > 0).sum(axis=1).max()) <= 4
+    True
+  """
+  if x_BD.ndim != 2 or x_BD.shape[1] != cfg.d_in:
+    raise ValueError(f"x_BD must be [B, D={cfg.d_in}], got {x_BD.shape}")
+  if not train:
+    if cfg.arch in ("batchtopk", "matryoshka") and arch_state is None:
+      raise ValueError(f"Expected an inference threshold (arch_state) for {cfg.arch}, got None")
+    acts_BF, k_B = get(cfg.arch).infer(params, arch_state, x_BD, cfg)
+    return Codes(pre_acts(params, x_BD, cfg), acts_BF, k_B)
+  if cfg.arch == "softsae":
+    if alpha is None:
+      raise ValueError("Expected alpha for softsae training-mode encode, got None")
+    return _softsae_soft_codes(params, x_BD, alpha, cfg)
+  full = Config(sae=cfg, train=config_lib.TrainConfig(steps=1))  # train_terms reads cfg.train only in
+  # SoftSAE's hard phase, which this never enters
+  sched = Schedule(jnp.float32(cfg.k), jnp.float32(cfg.alpha), jnp.asarray(False), jnp.float32(cfg.l0_coeff))
+  terms = get(cfg.arch).train_terms(params, x_BD, jnp.ones(x_BD.shape[:1], jnp.float32), sched, full)
+  return Codes(terms.pre_BF, terms.acts_BF, terms.k_B)
+
+
+def forward(params: Params, x_BD: jax.Array, cfg: SaeConfig, **kw) -> tuple[jax.Array, Codes]:
+  """encode then decode; keyword arguments go to :func:`encode`."""
+  codes = encode(params, x_BD, cfg, **kw)
+  return decode(params, codes.acts_BF, cfg), codes
