@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from softsae_jax.errors import UserError
+
 # Subcommands that live in their own module, each with add_arguments(parser) and run(args) -> int.
 # None imports torch or matplotlib at module import time.
 _MODULE_COMMANDS = (
@@ -19,15 +21,6 @@ _MODULE_COMMANDS = (
     ("report", "softsae_jax.report", "a self-contained HTML report of a trained SAE"),
     ("bench", "softsae_jax.bench", "benchmarks: synthetic ground truth, FVU-vs-L0 Pareto"),
 )
-
-
-def _user_errors():
-  from softsae_jax.checkpoint import CheckpointError
-  from softsae_jax.config import ConfigError
-  from softsae_jax.shards import DataError
-  from softsae_jax.trainer import WorkdirError
-
-  return (DataError, ConfigError, WorkdirError, CheckpointError)
 
 
 def _load_cfg(args):
@@ -134,15 +127,9 @@ def main(argv: list[str] | None = None) -> int:
   _quiet_libraries()
   parser = build_parser()
   args = parser.parse_args(argv)
-  errors = _user_errors()
   try:
     return int(args.func(args) or 0)
-  except errors as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except ValueError as e:
-    if args.command != "export":  # the bridge reports bad flags/inputs as ValueError
-      raise
+  except UserError as e:  # every command's user errors: bad data, config, workdir, export input
     print(f"error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:

@@ -20,10 +20,12 @@ import types
 import typing
 from typing import Any
 
+from softsae_jax.errors import UserError
+
 ARCHS = ("softsae", "topk", "batchtopk", "relu", "matryoshka")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A config value or key a user must fix; the message names the key."""
 
 

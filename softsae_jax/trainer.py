@@ -24,12 +24,13 @@ from softsae_jax import config as config_lib
 from softsae_jax.checkpoint import Checkpointer, abstract_like
 from softsae_jax.config import Config, ConfigError
 from softsae_jax.data import BatchSource, estimate_norm_factor, prefetch, to_global
+from softsae_jax.errors import UserError
 from softsae_jax.optim import make_optimizer
 from softsae_jax.shards import DataError, open_dataset
 from softsae_jax.train import geometric_median, init_train_state, make_mesh, make_train_step, shardings
 
 
-class WorkdirError(ValueError):
+class WorkdirError(UserError):
   pass
 
 

@@ -473,6 +473,8 @@ def test_add_arguments_on_a_subparser(tiny_gpt2, gpt2_docs, tmp_path, capsys):
                             "--text-file", text_file, "--seq-len", "24", "--max-tokens", "10", "--quiet"])
   assert export_mod.run(args) == 0
   assert open_dataset(str(tmp_path / "a")).n_rows == 10
-  with pytest.raises(ValueError, match=r"^--layer 5: out of range"):
+  from softsae_jax.bridge import ExportError
+
+  with pytest.raises(ExportError, match=r"^--layer 5: out of range"):
     export_mod.run(parser.parse_args(["export", "--model", tiny_gpt2, "--layer", "5", "--out", str(tmp_path / "b"),
                                       "--text-file", text_file, "--seq-len", "24"]))

@@ -265,3 +265,15 @@ def test_changed_config_on_existing_workdir_is_refused(trained, data, capsys):
 def test_cli_entry_point_prints_help():
   r = _cli(["--help"])
   assert r.returncode == 0 and "train" in r.stdout and "eval" in r.stdout and "encode" in r.stdout
+
+
+def test_every_user_error_is_a_user_error():
+  from softsae_jax.bridge import ExportError
+  from softsae_jax.checkpoint import CheckpointError
+  from softsae_jax.config import ConfigError
+  from softsae_jax.errors import UserError
+  from softsae_jax.shards import DataError
+  from softsae_jax.trainer import WorkdirError
+
+  for cls in (ConfigError, DataError, WorkdirError, CheckpointError, ExportError):
+    assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
