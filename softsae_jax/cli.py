@@ -12,6 +12,7 @@ import json
 import os
 import sys
 
+from softsae_jax.cli_types import positive_int
 from softsae_jax.errors import UserError
 
 # Subcommands that live in their own module, each with add_arguments(parser) and run(args) -> int.
@@ -77,7 +78,8 @@ def cmd_encode(args) -> int:
 def _add_eval_args(p):
   p.add_argument("--workdir", required=True, help="a workdir written by `softsae train`")
   p.add_argument("--data", required=True, help="a softsae-activations/1 directory")
-  p.add_argument("--batch-size", type=int, default=1024)
+  p.add_argument("--batch-size", type=positive_int, default=1024, metavar="B",
+                 help="rows per inference call (default: 1024)")
   p.add_argument("--skip-nonfinite", dest="skip_nonfinite", action="store_true", default=None,
                  help="mask NaN/Inf rows instead of stopping (default: the run's data.skip_nonfinite)")
 

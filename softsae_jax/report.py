@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from softsae_jax.checkpoint import CheckpointError
-from softsae_jax.config import positive_int
+from softsae_jax.cli_types import positive_int
 from softsae_jax.data import check_finite, iter_ordered, read_rows
 from softsae_jax.evaluate import DENSE_FREQ, Model, infer, load_model
 from softsae_jax.shards import Dataset, DataError, open_dataset

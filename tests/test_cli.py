@@ -277,3 +277,11 @@ def test_every_user_error_is_a_user_error():
 
   for cls in (ConfigError, DataError, WorkdirError, CheckpointError, ExportError):
     assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
+
+
+def test_cli_types_doctests():
+  import doctest
+
+  from softsae_jax import cli_types
+
+  assert doctest.testmod(cli_types).failed == 0

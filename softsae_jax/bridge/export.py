@@ -86,7 +86,7 @@ from typing import Any
 import numpy as np
 
 from softsae_jax.bridge import ExportError, inputs
-from softsae_jax.config import positive_int
+from softsae_jax.cli_types import nonneg_int, positive_int
 from softsae_jax.errors import UserError
 from softsae_jax.shards import MANIFEST, ShardWriter
 
@@ -115,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "Details: python -c 'import softsae_jax.bridge.export as e; help(e)'.")
   parser.add_argument("--model", required=True, metavar="NAME_OR_PATH",
                       help="transformers model folder, or a Hugging Face hub name when online (required)")
-  parser.add_argument("--layer", required=True, type=int, metavar="L",
+  parser.add_argument("--layer", required=True, type=nonneg_int, metavar="L",
                       help="block index, 0 <= L < num_hidden_layers; exports hidden_states[L+1] (required)")
   parser.add_argument("--out", required=True, metavar="DIR", help="output dataset directory (required)")
   src = parser.add_mutually_exclusive_group(required=True)
