@@ -86,8 +86,8 @@ from typing import Any
 import numpy as np
 
 from softsae_jax.bridge import ExportError, inputs
+from softsae_jax.cli import ArgumentParser, run_command
 from softsae_jax.cli_types import nonneg_int, positive_int
-from softsae_jax.errors import UserError
 from softsae_jax.shards import MANIFEST, ShardWriter
 
 EXPORT_VERSION = 1
@@ -502,25 +502,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """``python -m softsae_jax.bridge.export``: parses ``argv``, runs, and prints ``error: ...`` on bad input.
+  """``python -m softsae_jax.bridge.export``: parses ``argv`` and runs, with the errors of ``softsae export``.
 
   Args:
     argv: the flags (default: ``sys.argv[1:]``).
 
   Returns:
-    The exit code: 0 on success, 1 on a user error, 130 if interrupted.
+    The exit code: 0 on success, 1 on a user error (one line ``error: ...``), 130 if interrupted.
+    A bad flag value exits with status 2 (one line from argparse).
   """
-  parser = argparse.ArgumentParser(prog="python -m softsae_jax.bridge.export")
+  parser = ArgumentParser(prog="python -m softsae_jax.bridge.export")
   add_arguments(parser)
-  args = parser.parse_args(argv)
-  try:
-    return run(args)
-  except UserError as e:  # ExportError, and ShardWriter's DataError
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print("interrupted; rerun the same command to resume", file=sys.stderr)
-    return 130
+  return run_command(run, parser.parse_args(argv), resumable=True)
 
 
 if __name__ == "__main__":
