@@ -63,11 +63,12 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from softsae_jax import files, synthetic
+from softsae_jax.cli_types import choice_list, int_list, nonneg_int, positive_int, proper_fraction
 from softsae_jax.stats import pearson, rankdata, spearman
 from softsae_jax.config import ARCHS, Config, ConfigError, apply_overrides
 from softsae_jax.shards import DataError, ShardWriter, open_dataset
@@ -558,8 +559,6 @@ def cmd_synthetic(args) -> int:
   t0 = time.time()
   log = _Log(args.quiet)
   overrides = _check_overrides(args.set)
-  if args.steps is not None and args.steps < 1:
-    raise ConfigError(f"--steps must be >= 1; got {args.steps}")
   kinds = list(KINDS) if args.kind == "both" else [args.kind]
   out = args.out or os.path.join("runs", f"bench-synthetic-{args.preset}-seed{args.seed}")
   p = BENCH_PRESETS[args.preset]
@@ -648,16 +647,6 @@ def _iter_range(ds, lo: int, hi: int, chunk: int = 65536):
     yield s, read_rows(ds, np.arange(s, e))
 
 
-def _parse_list(text: str, conv: Callable, what: str) -> list:
-  try:
-    items = [conv(t.strip()) for t in text.split(",") if t.strip()]
-  except ValueError:
-    raise ConfigError(f"{what}: expected a comma-separated list, got {text!r}") from None
-  if not items:
-    raise ConfigError(f"{what}: expected at least one value, got {text!r}")
-  return items
-
-
 def pareto_markdown(res: dict[str, Any]) -> str:
   meta = res["meta"]
   lines = [f"# softsae bench pareto — {meta['data']}", "", f"Command: `{meta['command']}`  ",
@@ -686,13 +675,7 @@ def cmd_pareto(args) -> int:
   t0 = time.time()
   log = _Log(args.quiet)
   overrides = _check_overrides(args.set)
-  ks = _parse_list(args.ks, int, "--ks")
-  archs = _parse_list(args.archs, str, "--archs")
-  for a in archs:
-    if a not in ARCHS:
-      raise ConfigError(f"--archs: unknown arch {a!r}; expected some of {', '.join(ARCHS)}")
-  if not 0.0 <= args.holdout < 1.0:
-    raise ConfigError(f"--holdout must be in [0, 1); got {args.holdout}")
+  ks, archs = args.ks, args.archs  # parsed and checked by their argparse types (cli_types)
   ds = open_dataset(args.data)
   cfgs = {}
   for arch in archs:
@@ -781,9 +764,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="data size, F, target k, steps (small: a few minutes on 2 CPU cores; tiny: tests)")
   s.add_argument("--kind", choices=("mixture", "manifolds", "both"), default="mixture",
                  help="sparse mixture (true k, true dictionary), union of manifolds (local dimension), or both")
-  s.add_argument("--seed", type=int, default=0, help="data, init and batch-order seed")
+  s.add_argument("--seed", type=nonneg_int, default=0, help="data, init and batch-order seed")
   s.add_argument("--out", help="output directory (default runs/bench-synthetic-<preset>-seed<seed>)")
-  s.add_argument("--steps", type=int, help="override the preset's training steps (every model)")
+  s.add_argument("--steps", type=positive_int, help="override the preset's training steps (every model)")
   s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                  help="override a config field for every model, e.g. --set sae.soft_grad=faithful")
   s.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -796,14 +779,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       "pareto.png to --out.")
   q.add_argument("--data", required=True, help="a softsae-activations/1 directory")
   q.add_argument("--out", help="output directory (default runs/bench-pareto)")
-  q.add_argument("--ks", default="8,16,32", help="comma-separated k values (default 8,16,32)")
-  q.add_argument("--archs", default="softsae,topk,batchtopk,matryoshka", help="comma-separated archs")
-  q.add_argument("--steps", type=int, default=2000, help="training steps per run (default 2000)")
-  q.add_argument("--batch-size", type=int, default=512, help="rows per step (default 512)")
-  q.add_argument("--n-latents", type=int, help="dictionary size F (default: the config's expansion * D)")
-  q.add_argument("--holdout", type=float, default=0.1,
+  q.add_argument("--ks", type=int_list, default="8,16,32", help="comma-separated k values (default 8,16,32)")
+  q.add_argument("--archs", type=choice_list(ARCHS), default="softsae,topk,batchtopk,matryoshka",
+                 help=f"comma-separated archs, some of {','.join(ARCHS)} (default softsae,topk,batchtopk,matryoshka)")
+  q.add_argument("--steps", type=positive_int, default=2000, help="training steps per run (default 2000)")
+  q.add_argument("--batch-size", type=positive_int, default=512, help="rows per step (default 512)")
+  q.add_argument("--n-latents", type=positive_int, help="dictionary size F (default: the config's expansion * D)")
+  q.add_argument("--holdout", type=proper_fraction, default=0.1,
                  help="fraction of rows (the last ones) held out for evaluation; 0 evaluates on the training rows")
-  q.add_argument("--seed", type=int, default=0)
+  q.add_argument("--seed", type=nonneg_int, default=0, help="init and batch-order seed")
   q.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                  help="override a config field for every run")
   q.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -17,10 +17,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from softsae_jax.errors import UserError
 from softsae_jax.types import TrainState
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
   pass
 
 

@@ -1,123 +1,135 @@
 """The ``softsae`` console script: export / train / eval / encode / report / bench.
 
-Every user error (bad data, bad config, wrong workdir) ends with one line ``error: ...`` on stderr
-and exit status 1, never a traceback; nothing already saved is touched by a failed command.
+Every subcommand has the same shape, ``add_arguments(parser)`` and ``run(args) -> int``, and is one
+row of :data:`COMMANDS`. A command's module is imported only when that command is parsed, so
+``softsae --help`` imports neither torch nor matplotlib.
+
+Errors: a bad flag value is one line ``softsae CMD: error: argument --FLAG: expected ...`` and exit
+status 2; every user error raised while a command runs (a :class:`~softsae_jax.errors.UserError`:
+bad data, bad config, wrong workdir, bad export input) is one line ``error: ...`` on stderr and exit
+status 1, never a traceback; nothing already saved is touched by a failed command.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
-import json
-import os
 import sys
+from collections.abc import Callable
 
-# Subcommands that live in their own module, each with add_arguments(parser) and run(args) -> int.
-# None imports torch or matplotlib at module import time.
-_MODULE_COMMANDS = (
-    ("export", "softsae_jax.bridge.export", "PyTorch model -> activation shards (needs the `bridge` extra)"),
-    ("report", "softsae_jax.report", "a self-contained HTML report of a trained SAE"),
-    ("bench", "softsae_jax.bench", "benchmarks: synthetic ground truth, FVU-vs-L0 Pareto"),
+from softsae_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One ``softsae`` subcommand.
+
+  Attributes:
+    name: the subcommand.
+    help: one line for ``softsae --help``.
+    module: the module holding its two functions (imported when the command is parsed).
+    add_arguments: ``module.<add_arguments>(parser)`` adds the flags to the command's parser.
+    run: ``module.<run>(args) -> int`` runs it and returns the exit status.
+    resumable: rerunning the same command after an interrupt resumes it (said on Ctrl-C).
+  """
+
+  name: str
+  help: str
+  module: str
+  add_arguments: str = "add_arguments"
+  run: str = "run"
+  resumable: bool = False
+
+
+COMMANDS = (
+    Command("export", "PyTorch model -> activation shards (needs the `bridge` extra)", "softsae_jax.bridge.export",
+            resumable=True),
+    Command("train", "train an SAE on activation shards (resumes an existing workdir)", "softsae_jax.commands",
+            "add_train_arguments", "run_train", resumable=True),
+    Command("eval", "inference-mode metrics over a whole dataset, as JSON", "softsae_jax.commands",
+            "add_eval_arguments", "run_eval"),
+    Command("encode", "per-row sparse codes (CSR) and k, in data order", "softsae_jax.commands",
+            "add_encode_arguments", "run_encode"),
+    Command("report", "a self-contained HTML report of a trained SAE", "softsae_jax.report"),
+    Command("bench", "benchmarks: synthetic ground truth, FVU-vs-L0 Pareto", "softsae_jax.bench"),
 )
 
 
-def _user_errors():
-  from softsae_jax.checkpoint import CheckpointError
-  from softsae_jax.config import ConfigError
-  from softsae_jax.shards import DataError
-  from softsae_jax.trainer import WorkdirError
+class ArgumentParser(argparse.ArgumentParser):
+  """An ``argparse.ArgumentParser`` whose errors are one line, ``PROG: error: MESSAGE``, exit status 2."""
 
-  return (DataError, ConfigError, WorkdirError, CheckpointError)
+  def error(self, message: str):
+    self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _load_cfg(args):
-  from softsae_jax import config as config_lib
-
-  cfg = config_lib.load_config_file(args.config) if args.config else config_lib.Config()
-  return config_lib.apply_overrides(cfg, args.set or [])
-
-
-def cmd_train(args) -> int:
-  from softsae_jax import trainer
-
-  cfg = _load_cfg(args)
-  last = trainer.train(args.data, args.workdir, cfg, progress=not args.quiet,
-                       log=lambda m: print(m, file=sys.stderr))
-  if last and not last.get("finished"):
-    print(json.dumps({k: last[k] for k in ("step", "loss", "fvu", "l0_mean", "k_mean", "dead_frac") if k in last}))
-  return 0
+def _load(command: Command, parser: argparse.ArgumentParser) -> None:
+  """Imports ``command``'s module and adds its flags to ``parser``, once."""
+  if parser.get_default("func") is None:
+    module = importlib.import_module(command.module)
+    getattr(module, command.add_arguments)(parser)
+    parser.set_defaults(func=getattr(module, command.run), resumable=command.resumable)
 
 
-def _model_and_data(args):
-  from softsae_jax.evaluate import load_model
-  from softsae_jax.shards import open_dataset
+# argparse's subparsers action is private, but passing a subclass as add_subparsers(action=...) is public.
+class _LazySubParsers(argparse._SubParsersAction):
+  """Subcommands whose flags are added (and module imported) only when that subcommand is parsed."""
 
-  model = load_model(args.workdir)
-  ds = open_dataset(args.data, expect_d_model=model.d_in)
-  skip = args.skip_nonfinite if args.skip_nonfinite is not None else model.cfg.data.skip_nonfinite
-  return model, ds, skip
+  def __init__(self, *args, commands: dict[str, Command], **kwargs):
+    super().__init__(*args, **kwargs)
+    self.commands = commands
 
-
-def cmd_eval(args) -> int:
-  from softsae_jax.evaluate import evaluate
-
-  model, ds, skip = _model_and_data(args)
-  res = evaluate(model, ds, batch_size=args.batch_size, skip_nonfinite=skip)
-  text = json.dumps(res, indent=2)
-  print(text)
-  if args.out:
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-      f.write(text + "\n")
-  return 0
+  def __call__(self, parser, namespace, values, option_string=None):
+    name = values[0]
+    if name in self.commands:
+      _load(self.commands[name], self._name_parser_map[name])
+    super().__call__(parser, namespace, values, option_string)
 
 
-def cmd_encode(args) -> int:
-  from softsae_jax.evaluate import encode_dataset
+def build_parser(*, lazy: bool = True) -> argparse.ArgumentParser:
+  """The ``softsae`` parser.
 
-  model, ds, skip = _model_and_data(args)
-  m = encode_dataset(model, ds, args.out, batch_size=args.batch_size, skip_nonfinite=skip)
-  print(f"wrote codes for {m['n_rows']} rows ({m['nnz']} nonzeros) to {args.out}", file=sys.stderr)
-  return 0
+  Args:
+    lazy: add a subcommand's flags only when it is parsed (``softsae --help`` imports no command
+      module); False adds every command's flags now, importing every module (for tests and docs).
 
-
-def _add_eval_args(p):
-  p.add_argument("--workdir", required=True, help="a workdir written by `softsae train`")
-  p.add_argument("--data", required=True, help="a softsae-activations/1 directory")
-  p.add_argument("--batch-size", type=int, default=1024)
-  p.add_argument("--skip-nonfinite", dest="skip_nonfinite", action="store_true", default=None,
-                 help="mask NaN/Inf rows instead of stopping (default: the run's data.skip_nonfinite)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="softsae", description=__doc__.splitlines()[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-
-  p = sub.add_parser("train", help="train an SAE on activation shards (resumes an existing workdir)")
-  p.add_argument("--data", required=True, help="a softsae-activations/1 directory")
-  p.add_argument("--workdir", required=True, help="output directory (config.json, metrics.jsonl, checkpoints/)")
-  p.add_argument("--config", help="a Python config file (get_config() -> Config) or a config.json")
-  p.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                 help="override one config field, e.g. --set sae.arch=topk --set train.steps=2000")
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
-  p.set_defaults(func=cmd_train)
-
-  p = sub.add_parser("eval", help="inference-mode metrics over a whole dataset, as JSON")
-  _add_eval_args(p)
-  p.add_argument("--out", help="also write the JSON here")
-  p.set_defaults(func=cmd_eval)
-
-  p = sub.add_parser("encode", help="per-row sparse codes (CSR) and k, in data order")
-  _add_eval_args(p)
-  p.add_argument("--out", required=True, help="output directory")
-  p.set_defaults(func=cmd_encode)
-
-  for name, module_name, help_text in _MODULE_COMMANDS:
-    module = importlib.import_module(module_name)
-    p = sub.add_parser(name, help=help_text)
-    module.add_arguments(p)
-    p.set_defaults(func=module.run)
+  Returns:
+    The parser; ``parse_args`` leaves the command's ``run`` in ``args.func``.
+  """
+  parser = ArgumentParser(prog="softsae", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", required=True, action=_LazySubParsers,
+                              commands={c.name: c for c in COMMANDS},
+                              metavar="{" + ",".join(c.name for c in COMMANDS) + "}")
+  for command in COMMANDS:
+    p = sub.add_parser(command.name, help=command.help)
+    if not lazy:
+      _load(command, p)
   return parser
+
+
+def run_command(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, *,
+                resumable: bool = False) -> int:
+  """Runs one command; a :class:`UserError` ends as one line ``error: <message>`` on stderr.
+
+  Used by :func:`main` for every command and by ``python -m softsae_jax.bridge.export``.
+
+  Args:
+    run: the command's ``run(args) -> int``.
+    args: its parsed flags.
+    resumable: on Ctrl-C, say that rerunning the same command resumes.
+
+  Returns:
+    The exit status: ``run``'s, 1 on a user error, 130 when interrupted. Any other exception is a
+    bug and propagates with its traceback.
+  """
+  try:
+    return int(run(args) or 0)
+  except UserError as e:
+    print("error: " + " ".join(str(e).splitlines()), file=sys.stderr)
+    return 1
+  except KeyboardInterrupt:
+    print("error: interrupted" + ("; rerun the same command to resume" if resumable else ""), file=sys.stderr)
+    return 130
 
 
 def _quiet_libraries() -> None:
@@ -131,23 +143,10 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+  """``softsae``: parses ``argv`` (default ``sys.argv[1:]``) and runs the command; returns the exit status."""
   _quiet_libraries()
-  parser = build_parser()
-  args = parser.parse_args(argv)
-  errors = _user_errors()
-  try:
-    return int(args.func(args) or 0)
-  except errors as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except ValueError as e:
-    if args.command != "export":  # the bridge reports bad flags/inputs as ValueError
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print("error: interrupted", file=sys.stderr)
-    return 130
+  args = build_parser().parse_args(argv)
+  return run_command(args.func, args, resumable=args.resumable)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ import types
 import typing
 from typing import Any
 
+from softsae_jax.errors import UserError
+
 # The architectures; each is one entry of the table in softsae_jax/archs.py (which checks this list).
 ARCHS = ("softsae", "topk", "batchtopk", "relu", "matryoshka", "jumprelu")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A config value or key a user must fix; the message names the key."""
 
 
@@ -306,19 +308,6 @@ def _convert(text: str, tp: Any, key: str) -> Any:
     except ValueError:
       raise ConfigError(f"{key}: expected a number, got {text!r}") from None
   return text
-
-
-def positive_int(text: str) -> int:
-  """argparse ``type=`` for flags that take a positive integer (``--batch-size``, ``--max-rows``, ...)."""
-  import argparse
-
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-  return value
 
 
 def _field_types(cls) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from softsae_jax.checkpoint import CheckpointError
-from softsae_jax.config import positive_int
+from softsae_jax.cli_types import positive_int
 from softsae_jax.data import read_rows
 from softsae_jax.evaluate import DENSE_FREQ, Model, load, scan
 from softsae_jax.stats import spearman

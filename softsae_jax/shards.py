@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 
 from softsae_jax import files
+from softsae_jax.errors import UserError
 
 FORMAT = "softsae-activations/1"
 DTYPES = ("float16", "float32")
 MANIFEST = "manifest.json"
 
 
-class DataError(ValueError):
+class DataError(UserError):
   """Bad input data; the message is one line naming the file/row and what was expected."""
 
 

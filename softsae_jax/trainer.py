@@ -25,12 +25,13 @@ from softsae_jax import files, sharding
 from softsae_jax.checkpoint import Checkpointer, abstract_like
 from softsae_jax.config import Config, ConfigError
 from softsae_jax.data import BatchSource, estimate_norm_factor, prefetch, to_global
+from softsae_jax.errors import UserError
 from softsae_jax.optim import make_optimizer
 from softsae_jax.shards import DataError, open_dataset
 from softsae_jax.train import abstract_state, geometric_median, init_sharded, make_train_step, state_shardings
 
 
-class WorkdirError(ValueError):
+class WorkdirError(UserError):
   pass
 
 

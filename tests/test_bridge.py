@@ -473,6 +473,29 @@ def test_add_arguments_on_a_subparser(tiny_gpt2, gpt2_docs, tmp_path, capsys):
                             "--text-file", text_file, "--seq-len", "24", "--max-tokens", "10", "--quiet"])
   assert export_mod.run(args) == 0
   assert open_dataset(str(tmp_path / "a")).n_rows == 10
-  with pytest.raises(ValueError, match=r"^--layer 5: out of range"):
+  from softsae_jax.bridge import ExportError
+
+  with pytest.raises(ExportError, match=r"^--layer 5: out of range"):
     export_mod.run(parser.parse_args(["export", "--model", tiny_gpt2, "--layer", "5", "--out", str(tmp_path / "b"),
                                       "--text-file", text_file, "--seq-len", "24"]))
+
+
+def test_softsae_export_user_errors_are_one_line(tiny_gpt2, gpt2_docs, tmp_path, capsys):
+  """Through ``softsae export`` (cli.main): a bridge user error is exit 1 and one ``error:`` line; a bad flag exit 2."""
+  from softsae_jax import cli
+
+  text_file, _ = gpt2_docs
+  out = tmp_path / "acts"
+  rc = cli.main(["export", "--model", tiny_gpt2, "--layer", "2", "--out", str(out), "--text-file", text_file, "--quiet"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 1 and len(err) == 1 and err[0].startswith("error: --layer 2: out of range") and "0 <= L <= 1" in err[0]
+  rc = cli.main(["export", "--model", tiny_gpt2, "--layer", "0", "--out", str(out), "--texts-jsonl", text_file])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 1 and len(err) == 1 and err[0].startswith("error: --texts-jsonl") and "line 1" in err[0], err
+  with pytest.raises(SystemExit) as exc:
+    cli.main(["export", "--model", tiny_gpt2, "--layer", "0", "--out", str(out), "--text-file", text_file,
+              "--batch-size", "0"])
+  assert exc.value.code == 2
+  assert capsys.readouterr().err.splitlines() == [
+      "softsae export: error: argument --batch-size: expected a positive integer, got '0'"]
+  assert not out.exists()

@@ -265,3 +265,159 @@ def test_changed_config_on_existing_workdir_is_refused(trained, data, capsys):
 def test_cli_entry_point_prints_help():
   r = _cli(["--help"])
   assert r.returncode == 0 and "train" in r.stdout and "eval" in r.stdout and "encode" in r.stdout
+
+
+# --- one command table, one set of argument types, one family of user errors --------------------
+
+# command (with its required flags) -> bad values, each passed as --flag=value
+BAD_FLAGS = {
+    "eval --workdir w --data d": ["--batch-size=0"],
+    "encode --workdir w --data d --out o": ["--batch-size=-1"],
+    "report --workdir w --data d": ["--batch-size=0", "--max-rows=lots"],
+    "bench synthetic": ["--steps=0", "--seed=-1"],
+    "bench pareto --data d": ["--batch-size=0", "--steps=1.5", "--n-latents=0", "--ks=4,0", "--ks=4,,8",
+                              "--archs=topk,nope", "--holdout=1", "--holdout=nan", "--seed=x"],
+    "export --model m --layer 0 --out o --text-file t": ["--batch-size=0", "--seq-len=0", "--max-tokens=0",
+                                                         "--rows-per-shard=0"],
+    "export --model m --out o --text-file t": ["--layer=-1"],
+}
+EXPECTED = {"--seed": "an integer >= 0", "--layer": "an integer >= 0", "--holdout": r"a fraction in \[0, 1\)",
+            "--ks": "a comma-separated list of positive integers", "--archs": "a comma-separated list of softsae, topk"}
+
+
+@pytest.mark.parametrize("command,bad", [(c, b) for c, bads in BAD_FLAGS.items() for b in bads])
+def test_bad_numeric_flag_is_one_argparse_line(command, bad, capsys):
+  """Exit 2 and one line ``softsae CMD: error: argument FLAG: expected ..., got 'VALUE'`` (no usage, no traceback)."""
+  import re
+
+  flag, value = bad.split("=", 1)
+  with pytest.raises(SystemExit) as exc:
+    main([*command.split(), bad])
+  assert exc.value.code == 2
+  err = capsys.readouterr().err.splitlines()
+  assert len(err) == 1, err
+  name = " ".join(command.split()[:2]) if command.startswith("bench") else command.split()[0]
+  expected = EXPECTED.get(flag, "a positive integer")
+  assert re.fullmatch(rf"softsae {name}: error: argument {flag}: expected {expected}.*, got '{re.escape(value)}'",
+                      err[0]), err[0]
+
+
+def test_export_standalone_bad_flag_is_one_line(capsys):
+  from softsae_jax.bridge import export
+
+  with pytest.raises(SystemExit) as exc:
+    export.main(["--model", "m", "--layer", "0", "--out", "o", "--text-file", "t", "--seq-len", "0"])
+  assert exc.value.code == 2
+  assert capsys.readouterr().err.splitlines() == [
+      "python -m softsae_jax.bridge.export: error: argument --seq-len: expected a positive integer, got '0'"]
+
+
+def test_every_numeric_flag_uses_cli_types():
+  """No subcommand parses a flag with bare int/float; every typed flag uses softsae_jax.cli_types."""
+  import argparse
+
+  from softsae_jax import cli
+
+  def walk(parser, prefix):
+    for action in parser._actions:
+      if isinstance(action, argparse._SubParsersAction):
+        for name, sub in action.choices.items():
+          yield from walk(sub, f"{prefix} {name}")
+      elif action.type is not None:
+        yield prefix, action
+
+  seen = list(walk(cli.build_parser(lazy=False), "softsae"))
+  assert len(seen) >= 18
+  for where, action in seen:
+    assert action.type.__module__ == "softsae_jax.cli_types", (where, action.option_strings, action.type)
+  flags = {(w, a.option_strings[0]) for w, a in seen}
+  assert {("softsae eval", "--batch-size"), ("softsae encode", "--batch-size"), ("softsae report", "--max-rows"),
+          ("softsae export", "--layer"), ("softsae bench pareto", "--holdout"), ("softsae bench pareto", "--ks"),
+          ("softsae bench synthetic", "--steps")} <= flags
+
+
+def test_pareto_list_defaults_are_parsed():
+  from softsae_jax import cli
+
+  args = cli.build_parser().parse_args(["bench", "pareto", "--data", "d"])
+  assert args.ks == [8, 16, 32] and args.archs == ["softsae", "topk", "batchtopk", "matryoshka"]
+  assert args.holdout == 0.1 and args.func.__module__ == "softsae_jax.bench"
+
+
+def test_cli_types_doctests():
+  import doctest
+
+  from softsae_jax import cli_types
+
+  assert doctest.testmod(cli_types).failed == 0
+
+
+def test_help_imports_no_torch_or_matplotlib():
+  """``softsae --help`` (and a light command's help) import no command module beyond the one asked for."""
+  probe = ("import sys\nfrom softsae_jax import cli\n"
+           "for argv in (['--help'], ['eval', '--help']):\n"
+           "  try:\n    cli.main(argv)\n  except SystemExit:\n    pass\n"
+           "  print(sorted(m for m in ('torch', 'transformers', 'matplotlib', 'orbax', 'softsae_jax.bridge.export',"
+           " 'softsae_jax.report', 'softsae_jax.bench') if m in sys.modules), file=sys.stderr)\n")
+  r = subprocess.run([sys.executable, "-c", probe], env=env1(), capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  assert r.stderr.strip().splitlines() == ["[]", "[]"], r.stderr
+  assert "export" in r.stdout and "report" in r.stdout and "bench" in r.stdout
+
+
+def test_errors_and_cli_types_import_nothing_heavy():
+  """errors.py and cli_types.py, loaded on their own, pull in no jax, numpy or torch."""
+  import softsae_jax
+
+  pkg = os.path.dirname(softsae_jax.__file__)
+  probe = ("import importlib.util, sys\n"
+           f"for name in ('errors', 'cli_types'):\n"
+           f"  spec = importlib.util.spec_from_file_location(name, {pkg!r} + '/' + name + '.py')\n"
+           "  spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+           "print(sorted(m for m in ('jax', 'numpy', 'torch', 'softsae_jax') if m in sys.modules))\n")
+  r = subprocess.run([sys.executable, "-c", probe], env=env1(), capture_output=True, text=True)
+  assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+
+
+def test_every_user_error_is_a_user_error():
+  from softsae_jax.bridge import ExportError
+  from softsae_jax.checkpoint import CheckpointError
+  from softsae_jax.config import ConfigError
+  from softsae_jax.errors import UserError
+  from softsae_jax.shards import DataError
+  from softsae_jax.trainer import WorkdirError
+
+  for cls in (ConfigError, DataError, WorkdirError, CheckpointError, ExportError):
+    assert issubclass(cls, UserError) and issubclass(cls, ValueError), cls
+
+
+def test_run_command_user_error_bug_and_interrupt(capsys):
+  import argparse
+
+  from softsae_jax.cli import run_command
+  from softsae_jax.errors import UserError
+
+  def raises(exc):
+    def run(args):
+      raise exc
+    return run
+
+  ns = argparse.Namespace()
+  assert run_command(raises(UserError("--flag x: two\nlines")), ns) == 1
+  assert capsys.readouterr().err.splitlines() == ["error: --flag x: two lines"]
+  assert run_command(raises(KeyboardInterrupt()), ns, resumable=True) == 130
+  assert capsys.readouterr().err.splitlines() == ["error: interrupted; rerun the same command to resume"]
+  with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+    run_command(raises(ZeroDivisionError("bug")), ns)
+  with pytest.raises(KeyError):
+    run_command(raises(KeyError("not a user error")), ns)
+
+
+def test_export_user_error_is_one_line_exit_1(tmp_path, capsys):
+  """``softsae export`` shares the one error path: a missing --text-file is caught before torch is needed."""
+  missing = tmp_path / "missing.txt"
+  rc = run_cli("export", "--model", tmp_path / "model", "--layer", 0, "--out", tmp_path / "out",
+               "--text-file", missing)
+  err = capsys.readouterr().err.splitlines()
+  assert rc == 1 and err == [f"error: --text-file {missing}: no such file"], err
+  assert not (tmp_path / "out").exists()

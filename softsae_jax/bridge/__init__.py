@@ -12,4 +12,14 @@ Modules:
   inputs: documents and images from disk, and the token windows (no torch).
   vocab: display strings for token ids (no torch).
   models: loading the model and reading one block's output (torch, imported lazily).
+
+Every problem a user can fix (a bad model name, a layer out of range, a missing input file, flags
+that do not fit the model, an ``--out`` holding something else) is an :class:`ExportError`, whose
+message is one line naming the flag or file; ``softsae export`` prints it as ``error: ...``.
 """
+
+from softsae_jax.errors import UserError
+
+
+class ExportError(UserError):
+  """A user error of the export bridge; the message is one line naming the flag or file at fault."""

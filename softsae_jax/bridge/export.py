@@ -85,9 +85,10 @@ from typing import Any
 
 import numpy as np
 
-from softsae_jax.bridge import inputs
-from softsae_jax.config import positive_int
-from softsae_jax.shards import MANIFEST, DataError, ShardWriter
+from softsae_jax.bridge import ExportError, inputs
+from softsae_jax.cli import ArgumentParser, run_command
+from softsae_jax.cli_types import nonneg_int, positive_int
+from softsae_jax.shards import MANIFEST, ShardWriter
 
 EXPORT_VERSION = 1
 SITE = "block_output"
@@ -114,7 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "Details: python -c 'import softsae_jax.bridge.export as e; help(e)'.")
   parser.add_argument("--model", required=True, metavar="NAME_OR_PATH",
                       help="transformers model folder, or a Hugging Face hub name when online (required)")
-  parser.add_argument("--layer", required=True, type=int, metavar="L",
+  parser.add_argument("--layer", required=True, type=nonneg_int, metavar="L",
                       help="block index, 0 <= L < num_hidden_layers; exports hidden_states[L+1] (required)")
   parser.add_argument("--out", required=True, metavar="DIR", help="output dataset directory (required)")
   src = parser.add_mutually_exclusive_group(required=True)
@@ -167,7 +168,7 @@ class _Input:
     self.text_field = args.text_field
     self.scan = inputs.scan_documents(self.documents())
     if self.scan.n_docs == 0:
-      raise DataError(f"{self.flag} {self.path}: no documents (the file is empty or every line is blank)")
+      raise ExportError(f"{self.flag} {self.path}: no documents (the file is empty or every line is blank)")
 
   def documents(self) -> Iterator[str]:
     if self.flag == "--text-file":
@@ -217,7 +218,7 @@ def _out_state(out: str, fingerprint: dict[str, Any]) -> tuple[str, dict[str, An
   """``("fresh" | "resume" | "complete", manifest)`` for ``--out``.
 
   Raises:
-    DataError: ``--out`` holds something that is not this export.
+    ExportError: ``--out`` holds something that is not this export.
   """
   mpath = os.path.join(out, MANIFEST)
   if os.path.isfile(mpath):
@@ -225,22 +226,22 @@ def _out_state(out: str, fingerprint: dict[str, Any]) -> tuple[str, dict[str, An
       with open(mpath) as f:
         manifest = json.load(f)
     except (OSError, ValueError) as e:
-      raise DataError(f"--out {out}: {MANIFEST} is unreadable ({type(e).__name__}); "
+      raise ExportError(f"--out {out}: {MANIFEST} is unreadable ({type(e).__name__}); "
                       "choose another --out or delete the folder") from None
     previous = manifest.get("export_args") if isinstance(manifest, dict) else None
     if not isinstance(previous, dict):
-      raise DataError(f"--out {out}: already holds a dataset not written by softsae export; choose another --out")
+      raise ExportError(f"--out {out}: already holds a dataset not written by softsae export; choose another --out")
     if previous != fingerprint:
       key = next(k for k in sorted(set(previous) | set(fingerprint)) if previous.get(k) != fingerprint.get(k))
-      raise DataError(f"--out {out}: already holds an export with different settings ({key}: "
+      raise ExportError(f"--out {out}: already holds an export with different settings ({key}: "
                       f"{previous.get(key)!r} there, {fingerprint.get(key)!r} now); use another --out or delete it")
     return ("complete" if manifest.get("complete") else "resume"), manifest
   if os.path.exists(out):
     if not os.path.isdir(out):
-      raise DataError(f"--out {out}: exists and is not a directory")
+      raise ExportError(f"--out {out}: exists and is not a directory")
     foreign = sorted(n for n in os.listdir(out) if not _OWN_FILE.match(n))
     if foreign:
-      raise DataError(f"--out {out}: folder exists and is not a softsae export (it holds {foreign[0]}); "
+      raise ExportError(f"--out {out}: folder exists and is not a softsae export (it holds {foreign[0]}); "
                       "choose another --out")
   return "fresh", None
 
@@ -310,7 +311,8 @@ def _write_rows(batches: Iterator[tuple[Any, int | None]], compute: Callable[[An
 
 def _check_layer(layer: int, n_layers: int, model: str) -> None:
   if not 0 <= layer < n_layers:
-    raise DataError(f"--layer {layer}: out of range; {model} has {n_layers} blocks, expected 0 <= L <= {n_layers - 1}")
+    raise ExportError(f"--layer {layer}: out of range; {model} has {n_layers} blocks, "
+                      f"expected 0 <= L <= {n_layers - 1}")
 
 
 def _export_text(args: argparse.Namespace, inp: _Input, fingerprint: dict[str, Any], state: str) -> ShardWriter | None:
@@ -322,12 +324,12 @@ def _export_text(args: argparse.Namespace, inp: _Input, fingerprint: dict[str, A
   _check_layer(args.layer, n_layers, args.model)
   limit = models.max_positions(config)
   if limit is not None and args.seq_len > limit:
-    raise DataError(f"--seq-len {args.seq_len}: longer than the model's {limit} positions")
+    raise ExportError(f"--seq-len {args.seq_len}: longer than the model's {limit} positions")
   tok_name = args.tokenizer or args.model
   tokenizer = models.load_tokenizer(tok_name)
   layout = inputs.special_layout(tokenizer, add_bos=(kind == "causal" and not args.no_bos))
   if layout.chunk_len(args.seq_len) < 1:
-    raise DataError(f"--seq-len {args.seq_len}: leaves no room for text after the "
+    raise ExportError(f"--seq-len {args.seq_len}: leaves no room for text after the "
                     f"{len(layout.prefix) + len(layout.suffix)} special tokens of each window")
   device = models.torch_device(args.device)
   model = models.load_model(args.model, config, kind, device, args.torch_dtype)
@@ -407,10 +409,10 @@ def _export_images(args: argparse.Namespace, inp: _Input, fingerprint: dict[str,
       if n_prefix < 0:
         grid, n_prefix = None, None
     if n_prefix is None and args.vision_tokens != "all":
-      raise DataError(f"--vision-tokens {args.vision_tokens}: cannot tell the CLS token from the patch tokens of "
+      raise ExportError(f"--vision-tokens {args.vision_tokens}: cannot tell the CLS token from the patch tokens of "
                       f"{args.model}; use --vision-tokens all")
     if args.vision_tokens == "cls" and n_prefix == 0:
-      raise DataError(f"--vision-tokens cls: {args.model} has no CLS token (only {n_tokens} patch tokens)")
+      raise ExportError(f"--vision-tokens cls: {args.model} has no CLS token (only {n_tokens} patch tokens)")
     positions = {"cls": [0], "all": list(range(n_tokens)),
                  "patch": list(range(n_prefix or 0, n_tokens))}[args.vision_tokens]
     return {"tokens_per_image": n_tokens, "prefix_tokens": n_prefix, "patch_grid": list(grid) if grid else None,
@@ -423,7 +425,7 @@ def _export_images(args: argparse.Namespace, inp: _Input, fingerprint: dict[str,
     if not layout:
       layout.update(vision_layout(x_BTD, pixels["pixel_values"]))
     if x_BTD.shape[1] != layout["tokens_per_image"]:
-      raise DataError(f"--images {batch[0][1]}: the model gave {x_BTD.shape[1]} tokens per image, "
+      raise ExportError(f"--images {batch[0][1]}: the model gave {x_BTD.shape[1]} tokens per image, "
                       f"expected {layout['tokens_per_image']} as for the first image")
     pos_P = np.asarray(layout["positions"], dtype=np.int32)
     x_ND = x_BTD[:, pos_P].reshape(-1, x_BTD.shape[2])
@@ -470,11 +472,11 @@ def run(args: argparse.Namespace) -> int:
     The exit code: 0 (written, or already complete).
 
   Raises:
-    DataError: a problem the user can fix (missing input, unknown model, layer out of range, empty
+    ExportError: a problem the user can fix (missing input, unknown model, layer out of range, empty
       input, an ``--out`` holding something else); the message is one line naming the flag or file.
   """
   if args.layer < 0:
-    raise DataError(f"--layer {args.layer}: expected a block index >= 0")
+    raise ExportError(f"--layer {args.layer}: expected a block index >= 0")
   inp = _Input(args)
   fingerprint = export_fingerprint(args, inp)
   state, manifest = _out_state(args.out, fingerprint)
@@ -492,7 +494,7 @@ def run(args: argparse.Namespace) -> int:
   else:
     writer = _export_images(args, inp, fingerprint, state, manifest)
   if writer is None or writer.n_rows == 0:
-    raise DataError(f"{inp.flag} {inp.path}: produced no rows (every document tokenized to nothing)")
+    raise ExportError(f"{inp.flag} {inp.path}: produced no rows (every document tokenized to nothing)")
   final = writer.close()
   print(f"wrote {final['n_rows']} rows x {final['d_model']} ({final['dtype']}) in {len(final['shards'])} "
         f"shard(s) to {args.out}")
@@ -500,25 +502,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """``python -m softsae_jax.bridge.export``: parses ``argv``, runs, and prints ``error: ...`` on bad input.
+  """``python -m softsae_jax.bridge.export``: parses ``argv`` and runs, with the errors of ``softsae export``.
 
   Args:
     argv: the flags (default: ``sys.argv[1:]``).
 
   Returns:
-    The exit code: 0 on success, 1 on a user error, 130 if interrupted.
+    The exit code: 0 on success, 1 on a user error (one line ``error: ...``), 130 if interrupted.
+    A bad flag value exits with status 2 (one line from argparse).
   """
-  parser = argparse.ArgumentParser(prog="python -m softsae_jax.bridge.export")
+  parser = ArgumentParser(prog="python -m softsae_jax.bridge.export")
   add_arguments(parser)
-  args = parser.parse_args(argv)
-  try:
-    return run(args)
-  except ValueError as e:  # DataError is a ValueError
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except KeyboardInterrupt:
-    print("interrupted; rerun the same command to resume", file=sys.stderr)
-    return 130
+  return run_command(run, parser.parse_args(argv), resumable=True)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from softsae_jax.shards import DataError
+from softsae_jax.bridge import ExportError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 T = TypeVar("T")
@@ -43,13 +43,13 @@ T = TypeVar("T")
 def _lines(path: str, flag: str) -> Iterator[tuple[int, str]]:
   """Yields (1-based line number, line without its newline), with one-line errors."""
   if not os.path.isfile(path):
-    raise DataError(f"{flag} {path}: no such file")
+    raise ExportError(f"{flag} {path}: no such file")
   try:
     with open(path, encoding="utf-8", newline=None) as f:
       for lineno, line in enumerate(f, start=1):
         yield lineno, line.rstrip("\r\n")
   except UnicodeDecodeError as e:
-    raise DataError(f"{flag} {path}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
+    raise ExportError(f"{flag} {path}: not valid UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def iter_text_file(path: str) -> Iterator[str]:
@@ -62,7 +62,7 @@ def iter_text_file(path: str) -> Iterator[str]:
     An iterator over the documents, in file order.
 
   Raises:
-    DataError: the file is missing or not UTF-8.
+    ExportError: the file is missing or not UTF-8.
 
   Examples:
     >>> import tempfile
@@ -86,7 +86,7 @@ def iter_jsonl(path: str, field: str = "text") -> Iterator[str]:
     An iterator over the documents, in file order.
 
   Raises:
-    DataError: the file is missing, a line is not a JSON object, or lacks a string ``field``.
+    ExportError: the file is missing, a line is not a JSON object, or lacks a string ``field``.
 
   Examples:
     >>> import tempfile
@@ -100,13 +100,13 @@ def iter_jsonl(path: str, field: str = "text") -> Iterator[str]:
     try:
       record = json.loads(line)
     except json.JSONDecodeError as e:
-      raise DataError(f"--texts-jsonl {path} line {lineno}: not valid JSON ({e.msg})") from None
+      raise ExportError(f"--texts-jsonl {path} line {lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(record, dict):
-      raise DataError(f"--texts-jsonl {path} line {lineno}: expected a JSON object, got {type(record).__name__}")
+      raise ExportError(f"--texts-jsonl {path} line {lineno}: expected a JSON object, got {type(record).__name__}")
     text = record.get(field)
     if not isinstance(text, str):
       got = "no such field" if field not in record else f"got {type(text).__name__}"
-      raise DataError(f"--texts-jsonl {path} line {lineno}: expected a string field {field!r} "
+      raise ExportError(f"--texts-jsonl {path} line {lineno}: expected a string field {field!r} "
                       f"(see --text-field), {got}")
     yield text
 
@@ -183,7 +183,7 @@ def special_layout(tokenizer: Any, *, add_bos: bool, probe: str = "Hello world")
     The layout.
 
   Raises:
-    DataError: the tokenizer puts special tokens inside a single sequence (not supported).
+    ExportError: the tokenizer puts special tokens inside a single sequence (not supported).
   """
   enc = tokenizer(probe, add_special_tokens=True, return_special_tokens_mask=True, verbose=False)
   ids = list(enc["input_ids"])
@@ -191,7 +191,7 @@ def special_layout(tokenizer: Any, *, add_bos: bool, probe: str = "Hello world")
   plain = list(tokenizer(probe, add_special_tokens=False, verbose=False)["input_ids"])
   content = [i for i, m in enumerate(mask) if not m]
   if not content or [ids[i] for i in range(content[0], content[-1] + 1)] != plain:
-    raise DataError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')}: expected special tokens only "
+    raise ExportError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')}: expected special tokens only "
                     f"before/after the text, got {ids} for {probe!r} (plain {plain})")
   prefix = tuple(ids[:content[0]])
   suffix = tuple(ids[content[-1] + 1:])
@@ -214,7 +214,7 @@ def windows_for_doc(doc: int, content: Sequence[int], layout: SpecialLayout, seq
     The windows in order; none for an empty document.
 
   Raises:
-    ValueError: ``seq_len`` leaves no room for content.
+    ExportError: ``seq_len`` leaves no room for content.
 
   Examples:
     >>> lay = SpecialLayout(prefix=(101,), suffix=(102,))
@@ -223,7 +223,7 @@ def windows_for_doc(doc: int, content: Sequence[int], layout: SpecialLayout, seq
   """
   chunk = layout.chunk_len(seq_len)
   if chunk < 1:
-    raise ValueError(f"--seq-len {seq_len} leaves no room for text after the {seq_len - chunk} special tokens")
+    raise ExportError(f"--seq-len {seq_len}: leaves no room for text after the {seq_len - chunk} special tokens")
   out = []
   for start in range(0, len(content), chunk):
     piece = tuple(int(t) for t in content[start:start + chunk])
@@ -281,14 +281,14 @@ def list_images(directory: str) -> list[str]:
     Their paths.
 
   Raises:
-    DataError: the folder is missing or holds no image files.
+    ExportError: the folder is missing or holds no image files.
   """
   if not os.path.isdir(directory):
-    raise DataError(f"--images {directory}: no such directory")
+    raise ExportError(f"--images {directory}: no such directory")
   names = sorted(n for n in os.listdir(directory)
                  if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(directory, n)))
   if not names:
-    raise DataError(f"--images {directory}: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files found")
+    raise ExportError(f"--images {directory}: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files found")
   return [os.path.join(directory, n) for n in names]
 
 
@@ -296,7 +296,7 @@ def load_image(path: str) -> Any:
   """Opens one image as RGB (a ``PIL.Image``).
 
   Raises:
-    DataError: the file is not a readable image.
+    ExportError: the file is not a readable image.
   """
   from PIL import Image  # pillow is part of the bridge extra
 
@@ -304,7 +304,7 @@ def load_image(path: str) -> Any:
     with Image.open(path) as im:
       return im.convert("RGB")
   except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise DataError(f"--images {path}: cannot read the image ({type(e).__name__}: {e})") from None
+    raise ExportError(f"--images {path}: cannot read the image ({type(e).__name__}: {e})") from None
 
 
 def scan_images(paths: Sequence[str]) -> InputScan:
@@ -317,7 +317,7 @@ def scan_images(paths: Sequence[str]) -> InputScan:
     The number of images and a sha256 over their file names and bytes.
 
   Raises:
-    DataError: an image is unreadable.
+    ExportError: an image is unreadable.
   """
   from PIL import Image
 
@@ -327,7 +327,7 @@ def scan_images(paths: Sequence[str]) -> InputScan:
       with Image.open(path) as im:
         im.verify()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-      raise DataError(f"--images {path}: cannot read the image ({type(e).__name__}: {e})") from None
+      raise ExportError(f"--images {path}: cannot read the image ({type(e).__name__}: {e})") from None
     h.update(os.path.basename(path).encode("utf-8") + b"\x00")
     with open(path, "rb") as f:
       for block in iter(lambda: f.read(1 << 20), b""):

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from softsae_jax.shards import DataError
+from softsae_jax.bridge import ExportError
 
 TORCH_DTYPES = ("float32", "float16", "bfloat16")
 KINDS = ("causal", "encoder", "vision")
@@ -51,23 +51,23 @@ def check_source(name: str, flag: str) -> None:
   but does not exist is an error; anything else is treated as a Hugging Face hub name.
 
   Raises:
-    DataError: naming ``flag`` and what was expected.
+    ExportError: naming ``flag`` and what was expected.
   """
   if os.path.exists(name):
     if not os.path.isdir(name):
-      raise DataError(f"{flag} {name}: expected a model folder or a Hugging Face hub name, got a file")
+      raise ExportError(f"{flag} {name}: expected a model folder or a Hugging Face hub name, got a file")
     if flag == "--model" and not os.path.isfile(os.path.join(name, "config.json")):
-      raise DataError(f"{flag} {name}: folder has no config.json (expected a transformers model folder)")
+      raise ExportError(f"{flag} {name}: folder has no config.json (expected a transformers model folder)")
     return
   if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or "\\" in name:
-    raise DataError(f"{flag} {name}: no such model folder")
+    raise ExportError(f"{flag} {name}: no such model folder")
 
 
 def load_config(name: str) -> Any:
   """``AutoConfig.from_pretrained(name)`` with a one-line error.
 
   Raises:
-    DataError: the folder or hub name does not hold a transformers config.
+    ExportError: the folder or hub name does not hold a transformers config.
   """
   from transformers import AutoConfig
 
@@ -78,20 +78,21 @@ def load_config(name: str) -> Any:
   # all of them mean the same thing to the user.
   except Exception as e:  # noqa: BLE001
     where = "folder" if os.path.isdir(name) else "name (not a local folder; the Hugging Face hub could not provide it)"
-    raise DataError(f"--model {name}: cannot load a transformers config from this {where} ({_first_line(e)})") from None
+    raise ExportError(f"--model {name}: cannot load a transformers config from this {where} "
+                      f"({_first_line(e)})") from None
 
 
 def text_kind(config: Any, arch: str, model: str) -> str:
   """``causal`` or ``encoder`` for a text model; ``arch`` other than ``auto`` forces the choice.
 
   Raises:
-    DataError: an encoder-decoder or vision-language model (not supported for text).
+    ExportError: an encoder-decoder or vision-language model (not supported for text).
   """
   if getattr(config, "is_encoder_decoder", False):
-    raise DataError(f"--model {model}: encoder-decoder models ({config.model_type}) are not supported; "
+    raise ExportError(f"--model {model}: encoder-decoder models ({config.model_type}) are not supported; "
                     "expected a causal LM or an encoder")
   if hasattr(config, "vision_config"):
-    raise DataError(f"--model {model}: a vision-language model ({config.model_type}); "
+    raise ExportError(f"--model {model}: a vision-language model ({config.model_type}); "
                     "use --images to export its vision tower")
   if arch != "auto":
     return arch
@@ -115,11 +116,11 @@ def num_layers(config: Any, model: str) -> int:
   """Number of transformer blocks of a (tower) config.
 
   Raises:
-    DataError: the config does not say.
+    ExportError: the config does not say.
   """
   n = getattr(config, "num_hidden_layers", None)
   if not isinstance(n, int) or n < 1:
-    raise DataError(f"--model {model}: config has no num_hidden_layers; cannot locate block outputs")
+    raise ExportError(f"--model {model}: config has no num_hidden_layers; cannot locate block outputs")
   return n
 
 
@@ -136,7 +137,7 @@ def load_tokenizer(name: str) -> Any:
   """``AutoTokenizer.from_pretrained(name)`` with a one-line error.
 
   Raises:
-    DataError: naming ``--tokenizer``/``--model`` and the cause.
+    ExportError: naming ``--tokenizer``/``--model`` and the cause.
   """
   from transformers import AutoTokenizer
 
@@ -144,21 +145,21 @@ def load_tokenizer(name: str) -> Any:
   try:
     return AutoTokenizer.from_pretrained(name)
   except Exception as e:  # noqa: BLE001  (see load_config)
-    raise DataError(f"--tokenizer {name}: cannot load a tokenizer ({_first_line(e)})") from None
+    raise ExportError(f"--tokenizer {name}: cannot load a tokenizer ({_first_line(e)})") from None
 
 
 def load_image_processor(name: str) -> Any:
   """``AutoImageProcessor.from_pretrained(name)`` with a one-line error.
 
   Raises:
-    DataError: the model has no image processor (``preprocessor_config.json``).
+    ExportError: the model has no image processor (``preprocessor_config.json``).
   """
   from transformers import AutoImageProcessor
 
   try:
     return AutoImageProcessor.from_pretrained(name)
   except Exception as e:  # noqa: BLE001  (see load_config)
-    raise DataError(f"--model {name}: no usable image processor (preprocessor_config.json); --images needs a "
+    raise ExportError(f"--model {name}: no usable image processor (preprocessor_config.json); --images needs a "
                     f"vision model such as ViT or CLIP ({_first_line(e)})") from None
 
 
@@ -166,18 +167,18 @@ def torch_device(device: str) -> Any:
   """``torch.device(device)``, checked to be usable.
 
   Raises:
-    DataError: an unknown or unavailable device.
+    ExportError: an unknown or unavailable device.
   """
   import torch
 
   try:
     dev = torch.device(device)
   except (RuntimeError, ValueError) as e:
-    raise DataError(f"--device {device}: not a torch device ({_first_line(e)})") from None
+    raise ExportError(f"--device {device}: not a torch device ({_first_line(e)})") from None
   if dev.type == "cuda" and not torch.cuda.is_available():
-    raise DataError(f"--device {device}: torch.cuda.is_available() is False on this machine")
+    raise ExportError(f"--device {device}: torch.cuda.is_available() is False on this machine")
   if dev.type == "mps" and not torch.backends.mps.is_available():
-    raise DataError(f"--device {device}: torch.backends.mps.is_available() is False on this machine")
+    raise ExportError(f"--device {device}: torch.backends.mps.is_available() is False on this machine")
   return dev
 
 
@@ -195,7 +196,7 @@ def load_model(name: str, config: Any, kind: str, device: Any, torch_dtype: str)
     The ``torch.nn.Module`` to call: the base model (no LM head), or the vision tower.
 
   Raises:
-    DataError: the weights cannot be loaded.
+    ExportError: the weights cannot be loaded.
   """
   import torch
   import transformers
@@ -213,7 +214,7 @@ def load_model(name: str, config: Any, kind: str, device: Any, torch_dtype: str)
         raise
       model = AutoModelForCausalLM.from_pretrained(name, config=config, **kw)
   except Exception as e:  # noqa: BLE001  (see load_config)
-    raise DataError(f"--model {name}: cannot load the weights ({_first_line(e)})") from None
+    raise ExportError(f"--model {name}: cannot load the weights ({_first_line(e)})") from None
   if kind == "vision" and hasattr(model, "vision_model"):
     model = model.vision_model
   return model.to(device=device, dtype=dtype).eval()
@@ -255,7 +256,7 @@ class LayerReader:
     out = self.model(**inputs, **self.extra_kwargs, output_hidden_states=True)
     hs = out.hidden_states
     if len(hs) != self.n_layers + 1:
-      raise DataError(f"model returned {len(hs)} hidden states, expected num_hidden_layers + 1 = {self.n_layers + 1}")
+      raise ExportError(f"model returned {len(hs)} hidden states, expected num_hidden_layers + 1 = {self.n_layers + 1}")
     return hs[self.layer + 1]
 
   def _hooked(self, inputs: dict[str, Any]) -> Any:
@@ -273,7 +274,7 @@ class LayerReader:
     finally:
       handle.remove()
     if not captured:
-      raise DataError(f"block {self.layer} did not run during the forward pass")
+      raise ExportError(f"block {self.layer} did not run during the forward pass")
     return captured[0]
 
   def __call__(self, inputs: dict[str, Any]) -> np.ndarray:
