@@ -135,7 +135,7 @@ def _softsae_init(keys, w_enc_DF, cfg: SaeConfig) -> KEstimator:
 def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig) -> jax.Array:
   """SoftSAE's k-hat: clamp(k_max * sigmoid(w2 . ReLU((x - b_dec) W1 + b1) + b2), 1, F), [B] float32.
 
-  Kept in float32 whatever the compute dtype (docs/method.md §7.9: bf16 would quantise k-hat).
+  Kept in float32 whatever the compute dtype (docs/method.md §2.2: bf16 would quantise k-hat).
   """
   est: KEstimator = params.extra
   h_BF = jax.nn.relu(affine(x_BD, params.b_dec, est.w_k1, est.b_k1, cfg.compute_dtype))
@@ -174,7 +174,7 @@ def _softsae_infer(params, arch_state, x_BD, cfg: SaeConfig):
 
 
 def _softsae_frozen(sched: Schedule, any_dead, params: Params, cfg: Config):
-  """The hard phase with ``train.hard_freeze`` (docs/method.md §7.1): the k-estimator gets no update at
+  """The hard phase with ``train.hard_freeze`` (docs/method.md §3.6): the k-estimator gets no update at
   all, the encoder only on steps where AuxK has dead latents (PyTorch Adam skipping None gradients)."""
   if not cfg.train.hard_freeze:
     return None
@@ -220,7 +220,7 @@ def _threshold_infer(params, threshold, x_BD, cfg: SaeConfig):
 
 
 def _threshold_update(threshold, step, acts_BF, valid_B, cfg: Config):
-  """The inference threshold: the smallest selected activation of each batch, averaged (docs/method.md §4).
+  """The inference threshold: the smallest selected activation of each batch, averaged (docs/method.md §4.2).
 
   A running mean over the first 1/(1-beta) updates, then the EMA: the reference's plain EMA (beta
   0.999 from step 1000) stays biased towards early values in short runs.

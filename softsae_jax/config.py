@@ -1,11 +1,11 @@
-"""Configuration: frozen, documented dataclasses; defaults from SOFTSAE_SPEC.md.
+"""Configuration: frozen, documented dataclasses; defaults follow the authors' code (docs/method.md §3.7).
 
 A run is described by one :class:`Config` (``sae``, ``train``, ``data`` sections). Config files in
 ``configs/`` are Python modules with ``get_config() -> Config``; the command line overrides single
 fields with ``--set section.key=value`` (type-checked, unknown keys rejected).
 
 Schedules are given as fractions of ``train.steps`` so one config works at any run length; the
-spec's LLM run (244 140 steps) used warmup 1000 (0.4%), decay from 80%, k annealing over 1%, alpha
+authors' LLM run (244 140 steps) used warmup 1000 (0.4%), decay from 80%, k annealing over 1%, alpha
 annealing over 2500 steps (1%, our default too) and a hard top-k phase of the last 10 000 steps (4%).
 
 This module imports no jax.
@@ -41,9 +41,9 @@ class SaeConfig:
     expansion: F / D when ``n_latents`` is None.
     k: target mean number of active latents (SoftSAE: the k budget the batch-mean k-hat is pushed
       under; topk: the fixed k; batchtopk/matryoshka: k per row on average over the batch).
-    k_max: SoftSAE's k-hat upper bound (k-hat = k_max * sigmoid(.)); None means 2 * k (spec §2.1).
-    alpha: final Laplace scale of the soft top-k (smaller = harder), spec default 1e-4.
-    alpha_start: alpha at the start of annealing (spec: 1.0).
+    k_max: SoftSAE's k-hat upper bound (k-hat = k_max * sigmoid(.)); None means 2 * k (docs/method.md §2.1).
+    alpha: final Laplace scale of the soft top-k (smaller = harder), the authors' default 1e-4.
+    alpha_start: alpha at the start of annealing (the authors': 1.0).
     soft_grad: how the reconstruction gradient reaches the encoder through the soft top-k:
       "faithful" = through both the activations and the operator's weights (the authors' code);
       "stop" = only through the activations, ``acts * soft_topk(stop_gradient(acts), k_hat)``; k-hat
@@ -51,8 +51,8 @@ class SaeConfig:
       "faithful", whose score gradient (a competition term ~1/alpha near the threshold) hurts the
       encoder; measured in docs/results.md.
     k_loss_weight: weight of the k-budget term softplus_beta(mean k-hat - budget).
-    k_loss_beta: beta of that softplus (spec: 5).
-    auxk_alpha: weight of the AuxK dead-latent loss (spec: 1/32).
+    k_loss_beta: beta of that softplus (the authors': 5).
+    auxk_alpha: weight of the AuxK dead-latent loss (the authors': 1/32).
     top_k_aux: AuxK's k; None means D // 2.
     dead_tokens: a latent is dead after this many tokens without firing (AuxK; dead fraction).
     l1_coeff: L1 coefficient of the relu arch (on |f| times the decoder row norm, which is 1), in the
@@ -65,7 +65,7 @@ class SaeConfig:
     jumprelu_init_threshold: the initial per-latent threshold theta (normalised units; paper: 0.001).
     matryoshka_fractions: nested group sizes as fractions of F (must sum to 1).
     threshold_beta: EMA factor of the BatchTopK/Matryoshka inference threshold.
-    threshold_start_frac: the EMA starts after this fraction of the steps (spec: step 1000).
+    threshold_start_frac: the EMA starts after this fraction of the steps (the authors': step 1000).
     compute_dtype: matmul dtype, "float32" or "bfloat16" (params stay float32).
   """
 
@@ -168,7 +168,7 @@ class TrainConfig:
     lr: Adam learning rate; None means 2e-4 / sqrt(F / 2**14) (the dictionary_learning default).
     warmup_frac: linear warmup from 0 over this fraction of the steps.
     decay_start_frac: linear decay to 0 from this fraction of the steps to the end.
-    k_anneal_frac: the k budget goes linearly from D down to sae.k over this fraction (spec §3.4).
+    k_anneal_frac: the k budget goes linearly from D down to sae.k over this fraction (docs/method.md §3.4).
     alpha_anneal_frac: alpha goes linearly from sae.alpha_start to sae.alpha over this fraction
       (the reference LLM run: 2500 of 244 140 steps, 1%; a 10% anneal made k-hat collapse at its end
       and cost ~10% FVU on the synthetic benchmark, docs/results.md §3).
@@ -177,10 +177,10 @@ class TrainConfig:
       of the steps (Gemma Scope warms it up over its first 10k steps), so latents are not killed
       before the encoder has learned anything.
     hard_freeze: in the hard phase the reconstruction reaches only the decoder and b_dec, and the
-      encoder/k-estimator receive updates only from AuxK (the reference's no_grad semantics, §7.1).
+      encoder/k-estimator receive updates only from AuxK (the reference's no_grad semantics, docs/method.md §3.6).
       False trains the encoder through the hard top-k (straight TopK gradients) in that phase.
     b1, b2, eps: Adam.
-    grad_clip: global gradient-norm clip (spec: 1.0).
+    grad_clip: global gradient-norm clip (the authors': 1.0).
     seed: PRNG seed for init and for the data order.
     checkpoint_every: save a checkpoint every this many steps (and at the end).
     keep_checkpoints: how many recent checkpoints to keep.
@@ -233,7 +233,7 @@ class DataConfig:
     skip_nonfinite: False stops at the first NaN/Inf row, naming shard and row; True masks such
       rows out of the loss and counts them (metrics.jsonl ``n_skipped``).
     normalize: divide activations by one scalar norm factor sqrt(mean ||x||^2) estimated from
-      ``norm_sample_rows`` rows (spec §2.4); inference works in raw units.
+      ``norm_sample_rows`` rows (docs/method.md §2.4); inference works in raw units.
     norm_sample_rows: rows sampled (deterministically) to estimate the norm factor.
     shuffle: a global, per-epoch reshuffle of all rows (grain index_shuffle; O(1) memory).
     prefetch: batches prepared ahead on a background thread.

@@ -153,7 +153,7 @@ def sample_rows(ds: Dataset, n: int) -> np.ndarray:
 
 
 def estimate_norm_factor(ds: Dataset, n_rows: int, skip_nonfinite: bool) -> float:
-  """sqrt(mean_i ||x_i||^2) over evenly spaced rows (spec §2.4; uncentred, as the reference)."""
+  """sqrt(mean_i ||x_i||^2) over evenly spaced rows (docs/method.md §2.4; uncentred, as the reference)."""
   idx = sample_rows(ds, n_rows)
   x_ND = read_rows(ds, idx).astype(np.float64)
   valid = check_finite(ds, idx, x_ND, skip_nonfinite)

@@ -3,7 +3,7 @@
 The SAE is trained on activations divided by a scalar norm factor ``n``. Inference takes raw
 activations: the model sees x / n and its outputs are scaled back, recon_raw = n * recon(x / n),
 codes_raw = n * codes(x / n). Because ReLU, top-k and thresholds are positively homogeneous this is
-the ``SoftSAEPatched`` semantics of the reference (docs/method.md §2.4, §7.2): encoder and decoder
+the ``SoftSAEPatched`` semantics of the reference (docs/method.md §2.4): encoder and decoder
 biases multiplied by n, raw-scale feature magnitudes, the k-estimator fed normalised inputs.
 
 The inference rule of each architecture is its entry in :mod:`softsae_jax.archs` (softsae: the

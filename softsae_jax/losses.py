@@ -1,7 +1,7 @@
 """Loss terms and batch metrics (float32). Every reduction takes a row weight ``valid_B`` (1 for a
 row that counts, 0 for a masked non-finite row) so shapes stay static under jit.
 
-References: SOFTSAE_SPEC.md §3.1 (loss), §3.2 (AuxK, from Gao et al. arXiv 2406.04093), §5.1 (FVU).
+References: docs/method.md §3.1 (loss), §3.2 (AuxK, from Gao et al. arXiv 2406.04093), §5.1 (FVU).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def _n(valid_B):
 
 
 def recon_loss(x_BD, recon_BD, valid_B):
-  """mean_b ||x_b - recon_b||^2 (summed over D, averaged over valid rows), spec §3.1."""
+  """mean_b ||x_b - recon_b||^2 (summed over D, averaged over valid rows), docs/method.md §3.1."""
   e2_B = jnp.sum(jnp.square(x_BD - recon_BD), axis=1)
   return jnp.sum(e2_B * valid_B) / _n(valid_B)
 
@@ -33,7 +33,7 @@ def fvu(x_BD, recon_BD, valid_B):
 
 
 def k_budget_loss(k_B, budget, beta, valid_B):
-  """softplus_beta(mean_b k_b - budget) = log(1 + exp(beta * delta)) / beta, spec §3.1."""
+  """softplus_beta(mean_b k_b - budget) = log(1 + exp(beta * delta)) / beta, docs/method.md §3.1."""
   delta = jnp.sum(k_B * valid_B) / _n(valid_B) - budget
   return jax.nn.softplus(beta * delta) / beta
 
@@ -44,7 +44,7 @@ def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B):
   ``pre_BF`` are post-ReLU activations before top-k; ``err_BD`` the residual x - recon (its
   gradient is stopped here). k_aux is static; when fewer latents are dead, only the first
   ``n_dead`` ranks count (a mask, not a shape). Normalised by the residual's total variance;
-  0 when nothing is dead (and then not computed at all), NaN mapped to 0 (spec §3.2).
+  0 when nothing is dead (and then not computed at all), NaN mapped to 0 (docs/method.md §3.2).
   """
   err_BD = jax.lax.stop_gradient(err_BD)
   n_dead = dead_F.sum()
@@ -74,9 +74,9 @@ def l1_penalty(acts_BF, w_dec_FD, valid_B):
 
 
 def matryoshka_loss(params: Params, x_BD, acts_BF, group_sizes: tuple[int, ...], valid_B):
-  """Mean over nested prefixes g of ||x - (b_dec + sum_{g' <= g} W_dec,g' f_g')||^2 (spec §4).
+  """Mean over nested prefixes g of ||x - (b_dec + sum_{g' <= g} W_dec,g' f_g')||^2 (docs/method.md §4.3).
 
-  The reference divides by the number of groups twice (weights 1/G, then a mean; SOFTSAE_SPEC §7.16),
+  The reference divides by the number of groups twice (weights 1/G, then a mean; docs/method.md §4.3),
   which only shrinks the reconstruction relative to AuxK; we divide once. Returns
   (loss, full reconstruction).
   """

@@ -1,4 +1,4 @@
-"""The optimizer: optax chain and the decoder constraints (spec §3.5).
+"""The optimizer: optax chain and the decoder constraints (docs/method.md §3.5).
 
 ``make_optimizer(cfg)`` = project decoder gradients orthogonal to their atoms -> clip the global norm
 -> Adam with the warmup/decay learning-rate schedule. After ``optax.apply_updates`` the trainer calls
@@ -21,7 +21,7 @@ _EPS32 = float(jnp.finfo(jnp.float32).eps)
 
 def lr_schedule(cfg: Config) -> optax.Schedule:
   """lr * factor(step): step/warmup for step < warmup (the first update has lr 0, as the reference's
-  LambdaLR), 1 until decay_start, then (T - step)/(T - decay_start) down to 0 at T (spec §3.4)."""
+  LambdaLR), 1 until decay_start, then (T - step)/(T - decay_start) down to 0 at T (docs/method.md §3.4)."""
   t = cfg.train.steps
   warmup = int(round(cfg.train.warmup_frac * t))
   decay_start = int(round(cfg.train.decay_start_frac * t))
@@ -42,7 +42,7 @@ class ProjectState(NamedTuple):
 
 
 def project_decoder_grads(eps: float = 1e-6) -> optax.GradientTransformation:
-  """Removes from each decoder-atom gradient its component along the atom (spec §3.5):
+  """Removes from each decoder-atom gradient its component along the atom (docs/method.md §3.5):
   g_j <- g_j - (g_j . w_j) w_j with w_j the unit atom (``w_dec`` rows)."""
 
   def init_fn(params):
@@ -73,7 +73,7 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
 
 
 def unit_norm_decoder(params: Params) -> Params:
-  """Projects decoder atoms back to unit norm: w_j / (||w_j|| + eps_f32) (spec §3.5)."""
+  """Projects decoder atoms back to unit norm: w_j / (||w_j|| + eps_f32) (docs/method.md §3.5)."""
   w_FD = params.w_dec
   return params._replace(w_dec=w_FD / (jnp.linalg.norm(w_FD, axis=1, keepdims=True) + _EPS32))
 
@@ -84,7 +84,7 @@ def freeze(new_tree, old_tree, frozen: Params):
   tree of bool scalars with the structure of the parameters (``extra`` included).
 
   This is how the hard phase reproduces PyTorch Adam skipping parameters whose gradient is None: no
-  moment update and no step for them (docs/method.md §3.5, §7.1).
+  moment update and no step for them (docs/method.md §3.5, §3.6).
   """
 
   def merge(new, old):

@@ -485,7 +485,7 @@ def _soft_topk_rows_fwd(x_BF, k_B, alpha, num_m):
 
 
 def _soft_topk_rows_bwd(num_m, res, v_BF):
-  """Implicit differentiation of sum_j L((x_j - b)/a) = k (LapSum, spec section 1.5)."""
+  """Implicit differentiation of sum_j L((x_j - b)/a) = k (LapSum, docs/method.md §1.5)."""
   del num_m
   x_BF, sol, inv_a, sparse = res
   nan_B = jnp.isnan(sol.scale_B)

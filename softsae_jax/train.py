@@ -1,9 +1,9 @@
 """The training step: pure ``train_step(state, x_BD, valid_B)`` and its one ``jax.jit``.
 
 Schedules are pure functions of the step held in the state, so a restored state continues exactly.
-Step semantics (spec §3.4, with one deliberate change): the k budget, alpha and the hard-phase flag
+Step semantics (docs/method.md §3.4, with one deliberate change): the k budget, alpha and the hard-phase flag
 used in the forward pass of step ``s`` are the schedules evaluated at ``s`` (the reference uses
-``s - 1`` and constructor values at ``s = 0``, §7.5 — an off-by-one of no modelling value).
+``s - 1`` and constructor values at ``s = 0`` — an off-by-one of no modelling value).
 
 * k budget(s) = int(D (1 - r) + k r), r = min(s, K)/K, K = k_anneal_frac * T (K = 0: budget = k).
 * alpha(s) = alpha_start (1 - r) + alpha r, r = min(s, A)/A.
@@ -13,7 +13,7 @@ used in the forward pass of step ``s`` are the schedules evaluated at ``s`` (the
 What each architecture computes (its loss terms, inference rule, state update, frozen parameters)
 is its entry in :mod:`softsae_jax.archs`; this module only looks it up.
 
-Hard phase (``train.hard_freeze=True``, the reference's semantics, §7.1): codes are the hard
+Hard phase (``train.hard_freeze=True``, the reference's semantics, docs/method.md §3.6): codes are the hard
 top-floor(k-hat) of the ReLU activations with the gradient stopped, so the reconstruction trains
 only the decoder and b_dec; the k-budget loss is 0; the k-estimator receives no update at all, and
 the encoder is updated only on steps where AuxK has dead latents — PyTorch Adam skipping None
@@ -63,7 +63,7 @@ def _ramp(s, n: int, start: float, end: float, *, floor: bool = False) -> jax.Ar
 
 
 def geometric_median(x_ND: np.ndarray, iters: int = 100, tol: float = 1e-5) -> np.ndarray:
-  """Weiszfeld iterations from the mean (spec §2.5), float64, with a guard for a point at g."""
+  """Weiszfeld iterations from the mean (docs/method.md §2.5), float64, with a guard for a point at g."""
   x_ND = np.asarray(x_ND, np.float64)
   g_D = x_ND.mean(axis=0)
   for _ in range(iters):

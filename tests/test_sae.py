@@ -19,7 +19,7 @@ def np_laplace_cdf(t):
 
 
 def np_soft_topk(x_BF, k_B, a):
-  """Bisection on sum_j L((x_j - b)/a) = k, float64 (spec §1.2)."""
+  """Bisection on sum_j L((x_j - b)/a) = k, float64 (docs/method.md §1.2)."""
   out = np.zeros_like(x_BF)
   for i, (x, k) in enumerate(zip(x_BF, k_B)):
     lo, hi = x.min() - 60 * a - 50 * a * len(x), x.max() + 60 * a
@@ -47,7 +47,7 @@ def random_params(cfg, seed=0):
 
 
 def np_softsae(p, x, cfg, alpha, budget, dead):
-  """SoftSAE training forward and loss (spec §2.2, §2.3, §3.1, §3.2), float64."""
+  """SoftSAE training forward and loss (docs/method.md §2.2, §2.3, §3.1, §3.2), float64."""
   z = x - p.b_dec
   pre = np.maximum(z @ p.w_enc + p.b_enc, 0)
   est = p.extra
@@ -151,7 +151,7 @@ def test_auxk_is_exactly_zero_without_dead_latents(setup):
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 
 
-def test_init_follows_spec():
+def test_init_follows_the_method():
   cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4)
   p = init_params(jax.random.key(0), cfg)
   np.testing.assert_allclose(np.linalg.norm(p.w_dec, axis=1), 1.0, rtol=1e-6)

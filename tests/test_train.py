@@ -30,7 +30,7 @@ def batch(seed=0):
   return jnp.asarray(x), jnp.ones((B,), bool)
 
 
-def test_schedules_follow_spec():
+def test_schedules_follow_the_method():
   cfg = make_cfg(**{"train.k_anneal_frac": 0.1, "train.alpha_anneal_frac": 0.2, "train.hard_frac": 0.05,
                     "sae.alpha": 1e-3})
   b0, a0, h0, _ = schedules(cfg, 0)
