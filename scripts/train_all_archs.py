@@ -1,7 +1,7 @@
 """Trains every arch with the library defaults on a synthetic set and prints FVU first -> last -> eval.
 
 The acceptance check of the training CLI: on 100k rows of d=64 sparse-mixture data, `softsae train`
-with no config works for softsae, topk, batchtopk, relu and matryoshka, and FVU falls.
+with no config works for every arch (softsae, topk, batchtopk, relu, matryoshka, jumprelu), and FVU falls.
 
 Run:  python scripts/train_all_archs.py [--rows 100000] [--d 64] [--out runs/all_archs] [--set key=value ...]
 Each run is the real CLI (`softsae train` / `softsae eval`) with only --data/--workdir (and --set).
@@ -18,7 +18,7 @@ import time
 
 from softsae_jax import synthetic
 
-ARCHS = ("softsae", "topk", "batchtopk", "relu", "matryoshka")
+from softsae_jax.config import ARCHS  # noqa: E402  every arch of the library
 
 
 def main() -> int:
