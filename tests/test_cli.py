@@ -103,7 +103,7 @@ def test_finished_run_says_so(trained, data, capsys):
   assert "already finished at step 120" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"])
 def test_every_arch_trains_and_evaluates(arch, data, tmp_path):
   wd = str(tmp_path / arch)
   assert run_cli("train", "--data", data, "--workdir", wd, *COMMON, "--set", f"sae.arch={arch}",
