@@ -294,7 +294,8 @@ def _model_metrics(model, test_ds, true_k: np.ndarray, atoms_AD: np.ndarray | No
 
   acc = scan(model, test_ds, batch_size=EVAL_BATCH, per_row=True)
   res = _eval_summary(acc.summary())
-  rows = {"l0": acc.l0_N.astype(np.int64), "k": acc.k_N}
+  per = acc.rows()
+  rows = {"l0": per.l0_N.astype(np.int64), "k": per.k_N}
   l0 = rows["l0"]
   res.update({
       "spearman_l0_true": _finite_or_none(spearman(l0, true_k)),
@@ -461,7 +462,7 @@ def _plots_synthetic(out: str, r: dict[str, Any]) -> list[str]:
 
   kind = r["kind"]
   what = "true k" if kind == "mixture" else "local dimension"
-  files = []
+  written = []
   colors = ARCH_COLORS
 
   fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -472,7 +473,7 @@ def _plots_synthetic(out: str, r: dict[str, Any]) -> list[str]:
   ax.set_ylabel("FVU (held-out)")
   ax.set_title(f"{kind}: FVU at matched L0")
   ax.grid(alpha=0.3)
-  files.append(_save(fig, out, f"{kind}_fvu_l0.png"))
+  written.append(_save(fig, out, f"{kind}_fvu_l0.png"))
 
   classes = sorted(r["_true_means"], key=int)
   xs = [int(c) for c in classes]
@@ -494,7 +495,7 @@ def _plots_synthetic(out: str, r: dict[str, Any]) -> list[str]:
   ax.set_title(f"{kind}: active latents per {what}")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
-  files.append(_save(fig, out, f"{kind}_k_by_class.png"))
+  written.append(_save(fig, out, f"{kind}_k_by_class.png"))
 
   true_k = r["_true_k"]
   top = int(max(true_k.max(), *(rows["l0"].max() for rows in r["_rows"].values()))) + 1
@@ -516,8 +517,8 @@ def _plots_synthetic(out: str, r: dict[str, Any]) -> list[str]:
   ax.set_ylabel("fraction of rows")
   ax.set_title(f"{kind}: L0 distribution vs {what}")
   ax.legend(fontsize=7)
-  files.append(_save(fig, out, f"{kind}_l0_hist.png"))
-  return files
+  written.append(_save(fig, out, f"{kind}_l0_hist.png"))
+  return written
 
 
 def _save(fig, out: str, name: str) -> str:
@@ -578,9 +579,9 @@ def cmd_synthetic(args) -> int:
                      "preset_spec": {k: v for k, v in p.items() if k != "data"},
                      "steps": args.steps or p["steps"], "kl_smoothing": KL_SMOOTHING,
                      "recovery_threshold": RECOVERY_THRESHOLD}
-  files = []
+  written = []
   for kind in kinds:
-    files += _plots_synthetic(out, results[kind])
+    written += _plots_synthetic(out, results[kind])
   results["meta"]["total_seconds"] = round(time.time() - t0, 1)
   md = synthetic_markdown(results)
   public = {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if k in kinds else v)
@@ -588,8 +589,8 @@ def cmd_synthetic(args) -> int:
   files.write_json(os.path.join(out, "results.json"), public, allow_nan=False)
   with open(os.path.join(out, "results.md"), "w") as f:
     f.write(md)
-  files = [os.path.join(out, "results.json"), os.path.join(out, "results.md")] + files
-  log(f"done in {time.time() - t0:.0f}s; wrote {', '.join(files)}")
+  written = [os.path.join(out, "results.json"), os.path.join(out, "results.md")] + written
+  log(f"done in {time.time() - t0:.0f}s; wrote {', '.join(written)}")
   for kind in kinds:
     r = results[kind]
     soft = r["models"][f"softsae@k{r['target_k']}"]

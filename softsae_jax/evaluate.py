@@ -216,12 +216,21 @@ def batches(model: Model, ds: Dataset, *, batch_size: int = 1024, skip_nonfinite
     yield Batch(start, x_pad[:n], valid_N, recon, np.where(valid_N[:, None], codes, 0.0), k)
 
 
+class PerRow(NamedTuple):
+  """Per-row outputs of a scan, in data order (over every row, valid or not)."""
+
+  valid_N: np.ndarray  # bool
+  l0_N: np.ndarray  # active latents
+  k_N: np.ndarray  # SoftSAE's k-hat, the active count for the other archs (float64)
+  relerr_N: np.ndarray  # ||x - x̂||² / ||x||²
+
+
 class Accumulator:
   """Streaming statistics of a scan (float64 sums; at most one [batch, F] block held at a time).
 
   Always: FVU, MSE, cosine, L2 ratio, the L0 distribution, per-latent firing counts and maxima,
-  k-hat statistics. With ``per_row``: per-row ``valid_N``, ``l0_N``, ``k_N`` and relative error
-  ``relerr_N`` (= ||x - x̂||² / ||x||²). With ``top_m > 0``: each latent's ``top_m`` largest
+  k-hat statistics. With ``per_row``: :meth:`rows` gives per-row ``valid_N``, ``l0_N``, ``k_N`` and
+  the relative error ``relerr_N``. With ``top_m > 0``: each latent's ``top_m`` largest
   activations and their global rows (``top_val_MF``, ``top_row_MF``; row -1 = none).
   """
 
@@ -235,8 +244,8 @@ class Accumulator:
     self.fire_F = np.zeros(f, np.int64)
     self.max_F = np.zeros(f, np.float32)
     self.per_row = per_row
-    self._l0, self._k = [], []  # valid rows
-    self._valid, self._err, self._l0_all, self._k_all = [], [], [], []  # every row (per_row)
+    self._valid_rows: list[tuple[np.ndarray, np.ndarray]] = []  # (l0, k) of the valid rows, per batch
+    self._rows: list[tuple[np.ndarray, ...]] = []  # PerRow fields of every row, per batch (per_row)
     self.top_m = top_m
     self.top_val_MF = np.zeros((top_m, f), np.float32) if top_m else None
     self.top_row_MF = np.full((top_m, f), -1, np.int64) if top_m else None
@@ -257,13 +266,9 @@ class Accumulator:
     l0_N = active_NF.sum(axis=1)
     self.fire_F += active_NF.sum(axis=0)
     np.maximum(self.max_F, b.codes.max(axis=0), out=self.max_F)
-    self._l0.append(l0_N[v])
-    self._k.append(b.k[v])
+    self._valid_rows.append((l0_N[v], b.k[v]))
     if self.per_row:
-      self._valid.append(v)
-      self._err.append(e2_N / np.maximum(nx_N ** 2, 1e-30))
-      self._l0_all.append(l0_N)
-      self._k_all.append(b.k)
+      self._rows.append((v, l0_N, b.k.astype(np.float64), e2_N / np.maximum(nx_N ** 2, 1e-30)))
     if self.top_m:
       self._update_top(b)
 
@@ -277,31 +282,14 @@ class Accumulator:
     self.top_val_MF = np.take_along_axis(cat_val, order, axis=0)
     self.top_row_MF = np.take_along_axis(cat_row, order, axis=0)
 
-  # Per-row outputs over every scanned row (``per_row=True``), in data order.
-  @property
-  def valid_N(self) -> np.ndarray:
-    return np.concatenate(self._valid)
+  def rows(self) -> PerRow:
+    """Per-row outputs over every scanned row (needs ``per_row=True``), in data order."""
+    if not self.per_row:
+      raise ValueError("Expected an Accumulator made with per_row=True")
+    return PerRow(*(np.concatenate(parts) for parts in zip(*self._rows)))
 
-  @property
-  def l0_N(self) -> np.ndarray:
-    return np.concatenate(self._l0_all)
-
-  @property
-  def k_N(self) -> np.ndarray:
-    return np.concatenate(self._k_all).astype(np.float64)
-
-  @property
-  def relerr_N(self) -> np.ndarray:
-    return np.concatenate(self._err)
-
-  # Over valid rows only.
-  @property
-  def l0_valid(self) -> np.ndarray:
-    return np.concatenate(self._l0).astype(np.float64)
-
-  @property
-  def k_valid(self) -> np.ndarray:
-    return np.concatenate(self._k).astype(np.float64)
+  def _valid(self, i: int) -> np.ndarray:
+    return np.concatenate([batch[i] for batch in self._valid_rows]).astype(np.float64)
 
   @property
   def fvu(self) -> float:
@@ -320,7 +308,7 @@ class Accumulator:
     if self.n == 0:
       raise DataError("no finite rows to evaluate")
     n, d = self.n, len(self.sum_x_D)
-    l0 = self.l0_valid
+    l0 = self._valid(0)
     out: dict[str, Any] = {
         "fvu": self.fvu, "fve": 1.0 - self.fvu, "mse": self.sum_e2 / (n * d), "cosine": self.sum_cos / n,
         "l2_ratio": self.sum_ratio / n,
@@ -331,7 +319,7 @@ class Accumulator:
         "n_samples": n, "n_skipped": self.n_skipped, "arch": self.arch, "n_latents": len(self.fire_F),
     }
     if self.arch == "softsae":
-      kh = self.k_valid
+      kh = self._valid(1)
       out.update({"k_hat_mean": float(kh.mean()), "k_hat_std": float(kh.std()), "k_hat_min": float(kh.min()),
                   "k_hat_max": float(kh.max()), "k_hat_quantiles": _quantiles(kh)})
     return out

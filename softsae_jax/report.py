@@ -107,9 +107,10 @@ def _scan(name: str, workdir: str, model: Model, ds: Dataset, n_rows: int, batch
   keeping per-row and per-latent statistics."""
   acc = scan(model, ds, batch_size=batch_size, skip_nonfinite=skip, max_rows=n_rows, per_row=True,
              top_m=N_CONTEXTS if keep_top else 0)
-  return RunStats(name=name, workdir=workdir, model=model, metrics=read_metrics(workdir), valid_N=acc.valid_N,
-                  k_N=acc.k_N if model.arch == "softsae" else acc.l0_N.astype(np.float64), l0_N=acc.l0_N,
-                  relerr_N=acc.relerr_N, fire_F=acc.fire_F, max_F=acc.max_F, top_val_MF=acc.top_val_MF,
+  r = acc.rows()
+  return RunStats(name=name, workdir=workdir, model=model, metrics=read_metrics(workdir), valid_N=r.valid_N,
+                  k_N=r.k_N if model.arch == "softsae" else r.l0_N.astype(np.float64), l0_N=r.l0_N,
+                  relerr_N=r.relerr_N, fire_F=acc.fire_F, max_F=acc.max_F, top_val_MF=acc.top_val_MF,
                   top_row_MF=acc.top_row_MF, fvu=acc.fvu)
 
 
