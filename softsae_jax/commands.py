@@ -11,6 +11,7 @@ import json
 import os
 import sys
 
+from softsae_jax import distributed
 from softsae_jax.cli_types import positive_int
 
 
@@ -25,6 +26,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                       help="override one config field, e.g. --set sae.arch=topk --set train.steps=2000")
   parser.add_argument("--quiet", action="store_true", help="no progress bar")
+  distributed.add_arguments(parser)
 
 
 def _load_cfg(args: argparse.Namespace):
@@ -40,9 +42,10 @@ def run_train(args: argparse.Namespace) -> int:
   Raises:
     UserError: bad data, config or workdir (the CLI prints it as one ``error:`` line).
   """
+  cfg = _load_cfg(args)
+  distributed.initialize(args)  # before any other jax call
   from softsae_jax import trainer
 
-  cfg = _load_cfg(args)
   last = trainer.train(args.data, args.workdir, cfg, progress=not args.quiet,
                        log=lambda m: print(m, file=sys.stderr))
   if last and not last.get("finished"):

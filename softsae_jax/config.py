@@ -255,10 +255,34 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """The device mesh (docs/scale-out.md): ``data`` x ``model`` devices, axes ``("data", "model")``.
+
+  Attributes:
+    data: devices along the batch (data-parallel) axis; 0 means all the devices ``model`` leaves.
+    model: devices along the latent axis: every F-sized dimension of the state (encoder columns,
+      decoder rows, biases, Adam moments, dead counters) is split over them, so a dictionary too wide
+      for one device fits, and the selections run shard-local (latent parallelism). Must divide F.
+
+  The mesh does not change the model (only the float summation order), so it may change on resume.
+  """
+
+  data: int = 0
+  model: int = 1
+
+  def __post_init__(self):
+    if self.data < 0:
+      raise ConfigError(f"mesh.data must be >= 0 (0 = all the devices mesh.model leaves); got {self.data}")
+    if self.model < 1:
+      raise ConfigError(f"mesh.model must be >= 1; got {self.model}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   sae: SaeConfig = dataclasses.field(default_factory=SaeConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -272,10 +296,12 @@ class Config:
       raise ConfigError(f"sae.d_in is {self.sae.d_in} but the data has d_model={d_in}")
     sae = dataclasses.replace(self.sae, d_in=d_in)
     sae = dataclasses.replace(sae, n_latents=sae.F, k_max=sae.kmax if sae.arch == "softsae" else sae.k_max)
+    if sae.F % self.mesh.model:
+      raise ConfigError(f"mesh.model ({self.mesh.model}) must divide sae.n_latents ({sae.F})")
     return dataclasses.replace(self, sae=sae)
 
 
-_SECTIONS = {"sae": SaeConfig, "train": TrainConfig, "data": DataConfig}
+_SECTIONS = {"sae": SaeConfig, "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig}
 
 
 def _convert(text: str, tp: Any, key: str) -> Any:
@@ -326,7 +352,7 @@ def _check_key(key: str) -> tuple[str, str, Any]:
     raise ConfigError(f"unknown config key {key!r}: expected section.key, e.g. sae.k")
   section, name = key.split(".", 1)
   if section not in _SECTIONS:
-    raise ConfigError(f"unknown config section {section!r} in {key!r}: expected one of sae, train, data")
+    raise ConfigError(f"unknown config section {section!r} in {key!r}: expected one of {', '.join(_SECTIONS)}")
   fields = _field_types(_SECTIONS[section])
   if name not in fields:
     close = [k for k in fields if k.startswith(name[:3])]
@@ -360,7 +386,7 @@ def from_dict(d: dict[str, Any]) -> Config:
   changes: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
   for section, vals in d.items():
     if section not in _SECTIONS:
-      raise ConfigError(f"unknown config section {section!r}: expected one of sae, train, data")
+      raise ConfigError(f"unknown config section {section!r}: expected one of {', '.join(_SECTIONS)}")
     for name, v in vals.items():
       _, _, tp = _check_key(f"{section}.{name}")
       if isinstance(v, list):

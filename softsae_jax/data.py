@@ -8,8 +8,9 @@ reads exactly the batches the uninterrupted run would have read. Rows are read f
 shards with one vectorised gather per shard and batch (row-by-row access, or grain records of one
 row, are ~70x slower; see docs/data-format.md).
 
-In a multi-process run every process reads only its slice ``[p*B/P, (p+1)*B/P)`` of each global
-batch, and :func:`to_global` assembles the global array.
+In a multi-process run every process reads only the rows of each global batch that its own devices
+hold (:func:`softsae_jax.sharding.process_rows`: a row range; with a 'model' axis across processes,
+several processes read the same rows), and :func:`to_global` assembles the global array from them.
 
 numpy only, except :func:`to_global`.
 """
@@ -65,20 +66,18 @@ class BatchSource:
     batch_size: global batch size B.
     seed: shuffle seed.
     shuffle: False reads rows in data order (still repeating over epochs).
-    process_index, process_count: this process's slice of each global batch.
+    rows: the rows of each global batch this process reads (default: all of them).
   """
 
   def __init__(self, ds: Dataset, batch_size: int, seed: int, *, shuffle: bool = True, skip_nonfinite: bool = False,
-               process_index: int = 0, process_count: int = 1):
+               rows: slice | None = None):
     import grain
 
-    if batch_size % process_count:
-      raise DataError(f"train.batch_size ({batch_size}) must be divisible by the number of processes ({process_count})")
     self.ds = ds
     self.batch_size = batch_size
     self.seed = seed
     self.skip_nonfinite = skip_nonfinite
-    self.local = slice(process_index * batch_size // process_count, (process_index + 1) * batch_size // process_count)
+    self.local = slice(0, batch_size) if rows is None else rows
     order = grain.MapDataset.range(ds.n_rows)
     if shuffle:
       order = order.shuffle(seed=seed)
@@ -87,9 +86,10 @@ class BatchSource:
   def indices(self, step: int) -> np.ndarray:
     return np.asarray(self._order[step], dtype=np.int64)
 
-  def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x_BD in the stored dtype, valid_B bool) for this process's slice of batch ``step``."""
-    idx_B = self.indices(step)[self.local]
+  def batch(self, step: int, *, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(x_BD in the stored dtype, valid_B bool) for this process's rows of batch ``step`` (all of them
+    with ``whole``)."""
+    idx_B = self.indices(step)[slice(None) if whole else self.local]
     x_BD = read_rows(self.ds, idx_B)
     valid_B = check_finite(self.ds, idx_B, x_BD, self.skip_nonfinite)
     if not valid_B.all():
@@ -166,10 +166,13 @@ def estimate_norm_factor(ds: Dataset, n_rows: int, skip_nonfinite: bool) -> floa
   return nf
 
 
-def to_global(x_BD: np.ndarray, sharding) -> "jax.Array":  # noqa: F821
-  """Host rows of this process -> one global jax array with ``sharding``."""
+def to_global(x_local: np.ndarray, sharding, global_shape: tuple[int, ...], row_start: int = 0) -> "jax.Array":  # noqa: F821
+  """This process's rows ``[row_start, row_start + len(x_local))`` of a global array -> the global jax
+  array with ``sharding``: each addressable device gets exactly the rows its shard holds."""
   import jax
 
-  if jax.process_count() == 1:
-    return jax.device_put(x_BD, sharding)
-  return jax.make_array_from_process_local_data(sharding, x_BD)
+  arrays = []
+  for device, index in sharding.addressable_devices_indices_map(global_shape).items():
+    lo, hi, _ = index[0].indices(global_shape[0])
+    arrays.append(jax.device_put(x_local[(slice(lo - row_start, hi - row_start),) + tuple(index[1:])], device))
+  return jax.make_array_from_single_device_arrays(global_shape, sharding, arrays)

@@ -104,5 +104,18 @@ def batch_shardings(mesh: Mesh) -> tuple[NamedSharding, NamedSharding]:
   return NamedSharding(mesh, P("data", None)), NamedSharding(mesh, P("data"))
 
 
+def process_rows(rows: NamedSharding, batch_size: int) -> slice:
+  """The rows of a [batch_size, ...] global batch that this process's devices hold, as one range.
+
+  With a 'model' axis spanning processes, several processes hold (and read) the same rows.
+  """
+  spans = {index[0].indices(batch_size)[:2] for index in rows.addressable_devices_indices_map((batch_size, 1)).values()}
+  lo, hi = min(s[0] for s in spans), max(s[1] for s in spans)
+  if sum(b - a for a, b in spans) != hi - lo and len(spans) > 1:
+    raise ValueError(f"this process's devices hold non-contiguous rows {sorted(spans)} of the batch; "
+                     "order the mesh devices by process")
+  return slice(lo, hi)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())

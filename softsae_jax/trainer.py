@@ -36,7 +36,8 @@ class WorkdirError(UserError):
 
 
 # Keys that do not change the trained model: a resumed run may change them.
-RESULT_NEUTRAL = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "data.prefetch"})
+RESULT_NEUTRAL = frozenset({"train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "data.prefetch",
+                            "mesh.data", "mesh.model"})
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -74,6 +75,14 @@ def data_info(ds) -> dict[str, Any]:
           "dtype": ds.dtype, "n_shards": len(ds.shards)}
 
 
+def make_mesh(cfg: Config):
+  """The run's ("data", "model") mesh from ``cfg.mesh``; a ConfigError when the devices do not fit."""
+  try:
+    return sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
+  except ValueError as e:
+    raise ConfigError(f"mesh: {e}") from None
+
+
 def prepare(data_dir: str, workdir: str, cfg: Config) -> tuple[Any, Config, int | None]:
   """Validates data, config and workdir; returns (dataset, resolved config, resume step or None).
 
@@ -81,9 +90,10 @@ def prepare(data_dir: str, workdir: str, cfg: Config) -> tuple[Any, Config, int 
   """
   ds = open_dataset(data_dir)
   cfg = cfg.resolve(ds.d_model)
-  n_dev = jax.device_count()
-  if cfg.train.batch_size % n_dev:
-    raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by the device count ({n_dev})")
+  mesh = make_mesh(cfg)
+  if cfg.train.batch_size % mesh.shape["data"]:
+    raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by mesh.data "
+                      f"({mesh.shape['data']} devices)")
   if cfg.train.batch_size > ds.n_rows:
     raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) is larger than the dataset ({ds.n_rows} rows)")
   cpath = os.path.join(workdir, "config.json")
@@ -120,14 +130,18 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
     log(f"run in {workdir} already finished at step {resume}; nothing to do")
     return {"step": resume, "finished": True}
 
-  mesh = sharding.make_mesh()
-  rows_sh, mask_sh = sharding.batch_shardings(mesh)
+  mesh = make_mesh(cfg)
+  rows_sh, _ = sharding.batch_shardings(mesh)
   tx = make_optimizer(cfg)
   step_fn = make_train_step(cfg, tx, mesh)
   source = BatchSource(ds, cfg.train.batch_size, cfg.train.seed, shuffle=cfg.data.shuffle,
-                       skip_nonfinite=cfg.data.skip_nonfinite, process_index=jax.process_index(),
-                       process_count=jax.process_count())
+                       skip_nonfinite=cfg.data.skip_nonfinite,
+                       rows=sharding.process_rows(rows_sh, cfg.train.batch_size))
   key = jax.random.key(cfg.train.seed)
+  # Every process computes; only the first writes the workdir's own files (orbax saves collectively).
+  writer = jax.process_index() == 0
+  if not writer:
+    log, progress = (lambda _msg: None), False
 
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
@@ -137,33 +151,45 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
       state, data_state = ckpt.restore(resume, abstract_like(abstract_state(cfg, tx), state_shardings(cfg, tx, mesh)))
       start = int(state.step)
       log(f"resuming from step {start}")
-      _truncate_metrics(workdir, start)
+      if writer:
+        _truncate_metrics(workdir, start)
     else:
       nf = estimate_norm_factor(ds, cfg.data.norm_sample_rows, cfg.data.skip_nonfinite) if cfg.data.normalize else 1.0
-      x0, valid0 = source.batch(0)
+      x0, valid0 = source.batch(0, whole=True)  # the global batch 0, on every process alike
       b_dec = geometric_median(x0[valid0].astype(np.float64) / nf)
       state = init_sharded(key, cfg, tx, mesh, b_dec_D=b_dec, norm_factor=nf)
-      files.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
-      files.write_json(os.path.join(workdir, "run.json"), {"data": data_info(ds), "norm_factor": nf,
-                                                      "devices": jax.device_count(), "jax": jax.__version__})
-      _truncate_metrics(workdir, 0)
+      if writer:
+        files.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+        files.write_json(os.path.join(workdir, "run.json"), {
+            "data": data_info(ds), "norm_factor": nf, "devices": jax.device_count(),
+            "processes": jax.process_count(), "jax": jax.__version__})
+        _truncate_metrics(workdir, 0)
       start = 0
-    return _loop(state, start, cfg, source, step_fn, rows_sh, mask_sh, ckpt, metrics_path, progress)
+    return _loop(state, start, cfg, source, step_fn, mesh, ckpt, metrics_path if writer else None, progress)
   finally:
     ckpt.close()
 
 
-def _loop(state, start, cfg, source, step_fn, rows_sh, mask_sh, ckpt, metrics_path, progress):
+def _loop(state, start, cfg, source, step_fn, mesh, ckpt, metrics_path, progress):
+  """The step loop; ``metrics_path`` None on the processes that do not write metrics.jsonl."""
+  import contextlib
+
   from tqdm import tqdm
 
   steps, bsz = cfg.train.steps, cfg.train.batch_size
-  put = lambda s: tuple(to_global(a, sh) for a, sh in zip(source.batch(s), (rows_sh, mask_sh)))  # noqa: E731
+  rows_sh, mask_sh = sharding.batch_shardings(mesh)
+  lo = source.local.start
+
+  def put(s):
+    x_BD, valid_B = source.batch(s)
+    return to_global(x_BD, rows_sh, (bsz, x_BD.shape[1]), lo), to_global(valid_B, mask_sh, (bsz,), lo)
+
   bar = tqdm(total=steps * bsz, initial=start * bsz, unit="tok", unit_scale=True, dynamic_ncols=True,
              disable=not progress, file=sys.stderr, mininterval=0.5,
              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} tok [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
   last: dict[str, Any] = {}
   t0 = time.time()
-  with open(metrics_path, "a") as mf:
+  with (open(metrics_path, "a") if metrics_path else contextlib.nullcontext()) as mf:
     for s, (x_BD, valid_B) in zip(range(start, steps), prefetch(put, range(start, steps), cfg.data.prefetch)):
       state, metrics = step_fn(state, x_BD, valid_B)
       done = s + 1
@@ -172,8 +198,9 @@ def _loop(state, start, cfg, source, step_fn, rows_sh, mask_sh, ckpt, metrics_pa
         m = {k: float(v) for k, v in jax.device_get(metrics._asdict()).items()}
         last = {"step": done, **m, "n_skipped": int(state.n_skipped), "tokens": done * bsz,
                 "elapsed_s": round(time.time() - t0, 3)}
-        mf.write(json.dumps(last) + "\n")
-        mf.flush()
+        if mf is not None:
+          mf.write(json.dumps(last) + "\n")
+          mf.flush()
         bar.set_postfix_str(f"loss {m['loss']:.4g} fvu {m['fvu']:.3f} k̂ {m['k_mean']:.1f} "
                             f"L0 {m['l0_mean']:.1f} dead {100 * m['dead_frac']:.0f}%", refresh=False)
       if done % cfg.train.checkpoint_every == 0 or done == steps:
