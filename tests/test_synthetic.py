@@ -3,7 +3,9 @@
 import doctest
 import json
 import os
+import tempfile
 
+import chex
 import numpy as np
 import pytest
 
@@ -19,10 +21,7 @@ def _arrays(data):
 
 
 def _assert_same(a, b):
-  fa, fb = _arrays(a), _arrays(b)
-  assert fa.keys() == fb.keys()
-  for k in fa:
-    np.testing.assert_array_equal(fa[k], fb[k], err_msg=k)
+  chex.assert_trees_all_equal(_arrays(a), _arrays(b))  # same field names, every array equal
   assert a.meta == b.meta
 
 
@@ -61,12 +60,10 @@ def test_mixture_regenerates_from_meta():
 def test_mixture_shapes_dtypes_and_support():
   data = syn.make_mixture(500, **MIX, seed=1)
   n, d, a, k_max = 500, MIX["d"], MIX["n_atoms"], max(MIX["k_values"])
-  assert data.x_ND.shape == (n, d) and data.x_ND.dtype == np.float32
-  assert data.true_k_N.shape == (n,) and data.true_k_N.dtype == np.int32
-  assert data.group_N.dtype == np.int32
-  assert data.support_NK.shape == (n, k_max) and data.support_NK.dtype == np.int32
-  assert data.coef_NK.shape == (n, k_max) and data.coef_NK.dtype == np.float32
-  assert data.atoms_AD.shape == (a, d) and data.atoms_AD.dtype == np.float32
+  chex.assert_shape([data.x_ND, data.true_k_N, data.support_NK, data.coef_NK, data.atoms_AD],
+                    [(n, d), (n,), (n, k_max), (n, k_max), (a, d)])
+  chex.assert_type([data.x_ND, data.true_k_N, data.group_N, data.support_NK, data.coef_NK, data.atoms_AD],
+                   [np.float32, np.int32, np.int32, np.int32, np.float32, np.float32])
   np.testing.assert_array_equal(np.asarray(MIX["k_values"])[data.group_N], data.true_k_N)
   valid_NK = data.support_NK >= 0
   np.testing.assert_array_equal(valid_NK.sum(1), data.true_k_N)
@@ -172,11 +169,10 @@ def test_manifolds_deterministic_and_seed_dependent():
 def test_manifolds_shapes_and_labels():
   data = syn.make_manifolds(4000, **MAN, seed=0, dim_probs=(0.4, 0.3, 0.2, 0.1))
   n_g, m_max, d = 8, 5, MAN["d"]
-  assert data.x_ND.shape == (4000, d) and data.x_ND.dtype == np.float32
-  assert data.true_dim_N.dtype == np.int32 and data.group_N.dtype == np.int32
-  assert data.coords_NM.shape == (4000, m_max)
-  assert data.center_GD.shape == (n_g, d) and data.tangent_GMD.shape == (n_g, m_max, d)
-  assert data.normal_GPD.shape == (n_g, m_max, d) and data.quad_GPMM.shape == (n_g, m_max, m_max, m_max)
+  chex.assert_type([data.x_ND, data.true_dim_N, data.group_N], [np.float32, np.int32, np.int32])
+  chex.assert_shape([data.x_ND, data.coords_NM, data.center_GD, data.tangent_GMD, data.normal_GPD, data.quad_GPMM],
+                    [(4000, d), (4000, m_max), (n_g, d), (n_g, m_max, d), (n_g, m_max, d),
+                     (n_g, m_max, m_max, m_max)])
   np.testing.assert_array_equal(data.dim_G, [1, 1, 2, 2, 3, 3, 5, 5])
   np.testing.assert_array_equal(data.dim_G[data.group_N], data.true_dim_N)
   np.testing.assert_array_equal(data.true_k_N, data.true_dim_N)
@@ -383,6 +379,9 @@ def test_small_preset_end_to_end():
   np.testing.assert_array_equal(train.atoms_AD, test.atoms_AD)
 
 
-def test_docstring_examples():
+def test_docstring_examples(tmp_path, monkeypatch):
+  # Also collected by --doctest-modules (pyproject.toml); here the count is checked too. The examples'
+  # tempfile.mkdtemp() directories go under tmp_path.
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
   result = doctest.testmod(syn, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0

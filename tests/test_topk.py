@@ -3,7 +3,10 @@
 Compilation dominates on CPU, so the tests share a few jitted functions (``_vjp_fn``, ``_fwd_fn``) and
 shapes, and those are compiled with LLVM's backend optimisation off (same HLO and fusions, same
 float semantics -- XLA never reassociates floats -- about half the compile time). The tests of jit,
-vmap, retracing and finite differences compile with the default options.
+vmap, retracing and finite differences compile with the default options, and so do the
+``chex.variants`` tests (``TestWithAndWithoutJit``), which run each pure function both under
+``jax.jit`` and op by op. Tests marked ``slow`` (tens of seconds of compiling on 2 CPU cores) run in
+``make test-all`` only.
 """
 
 import functools
@@ -15,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
 
 from softsae_jax import topk
 from softsae_jax.topk import hard_topk, hard_topk_mask, soft_topk
@@ -96,7 +98,7 @@ def _golden_cases():
           for i in range(int(data["n_cases"]))]
 
 
-@pytest.mark.parametrize("path", ["full", "max_k"])
+@pytest.mark.parametrize("path", ["full", pytest.param("max_k", marks=pytest.mark.slow)])
 def test_reference_vectors(path):
   # All cases are padded to one shape with -inf entries (weight 0, no effect on the threshold, zero
   # gradient) so that one compilation serves every case on the full path.
@@ -113,11 +115,11 @@ def test_reference_vectors(path):
     alpha = float(case["alpha"])
     w, (dx, dk, _) = _vjp_fn(max_k)(jnp.asarray(x, jnp.float32), jnp.asarray(k, jnp.float32),
                                     jnp.float32(alpha), jnp.asarray(v, jnp.float32))
+    chex.assert_type(w, np.float32)
+    assert np.all(np.asarray(w)[:num_b, num_f:] == 0)  # the -inf padding weighs nothing
     w = np.asarray(w)[:num_b, :num_f]
     dx = np.asarray(dx)[:num_b, :num_f]
     dk = np.asarray(dk)[:num_b]
-    assert w.dtype == np.float32
-    assert np.all(np.asarray(w)[:, num_f:] == 0)
     assert _rel(w, case["weights"]) <= 1e-4, i
     assert np.max(np.abs(w.astype(np.float64).sum(1) - case["k"]) / case["k"]) <= 1e-4, i
     # Gradient rows: skip rows where the reference is identically zero (its density underflowed
@@ -135,7 +137,8 @@ def test_reference_vectors(path):
       assert np.abs(dx[quiet]).max() <= 1e-6 * scale, i
     # Where even float64 underflowed, dL/dk is still the density-weighted mean of v next to the
     # threshold (relative densities): finite and bounded by |v|.
-    assert np.all(np.isfinite(dk)) and np.all(np.abs(dk) <= np.abs(case["cotangent"]).max() + 1e-6)
+    chex.assert_tree_all_finite(dk)
+    assert np.all(np.abs(dk) <= np.abs(case["cotangent"]).max() + 1e-6)
 
 
 def test_integer_k_small_alpha_slope_does_not_vanish():
@@ -146,7 +149,7 @@ def test_integer_k_small_alpha_slope_does_not_vanish():
   w, (dx, dk, _) = _vjp_fn(None)(x, jnp.asarray([3.0]), jnp.float32(1e-4), v)
   np.testing.assert_allclose(w, [[1, 1, 1, 0, 0, 0]], atol=1e-6)
   np.testing.assert_allclose(dk, [0.5], rtol=1e-5)  # equal densities at 1.0 and 0.0
-  assert np.all(np.isfinite(dx))
+  chex.assert_tree_all_finite(dx)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,14 +199,6 @@ def test_hard_limit_small_alpha():
     np.testing.assert_allclose(w, expected, atol=1e-5)
     mask = np.asarray(hard_topk_mask(x, k, max_k=MAX_K))
     np.testing.assert_array_equal(mask, w > 0.5)
-
-
-def test_softmax_regime_large_alpha():
-  x = _data(6)
-  k = jnp.full((NUM_B,), 1.5, jnp.float32)
-  alpha = 20.0  # k <= sum_j exp((x_j - max x)/a) / 2 holds by a wide margin
-  w = _fwd_fn(None)(x, k, jnp.float32(alpha))
-  np.testing.assert_allclose(w, k[:, None] * jax.nn.softmax(x / alpha, axis=1), rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -267,8 +262,10 @@ def test_max_k_path_skipped_tail_with_dense_backward():
   x[:, :19] = 1.0 + np.linspace(0, 0.5 * alpha, 19)[None, :] * (np.arange(NUM_B) % 2)[:, None]
   k = jnp.full((NUM_B,), 17.5, jnp.float32)
   x = jnp.asarray(x)
-  _, _, sparse_grad, rel_sum_complete = topk._fast_solution(
-      x, k, jnp.float32(1 / alpha), MAX_K + topk._EXTRA_CANDIDATES)
+  # Jitted like inside _vjp_fn(MAX_K) (op by op it compiles for longer than the test runs).
+  fast_solution = jax.jit(topk._fast_solution, static_argnums=3, compiler_options=_FAST_COMPILE)
+  _, _, sparse_grad, rel_sum_complete = fast_solution(x, k, jnp.float32(1 / alpha),
+                                                      MAX_K + topk._EXTRA_CANDIDATES)
   assert not bool(sparse_grad) and not bool(rel_sum_complete)  # the case this test is about
   v = _data(27)
   w_full, g_full = _vjp_fn(None)(x, k, jnp.float32(alpha), v)
@@ -292,7 +289,7 @@ def test_finite_differences_float64(max_k):
     v = jnp.asarray(rng.normal(size=(3, 40)), jnp.float64)
     fn = jax.jit(lambda x_, k_, a_: jnp.sum(soft_topk(x_, k_, a_, max_k=max_k if max_k else None)
                                             * v))
-    assert soft_topk(x, k, alpha).dtype == jnp.float64
+    chex.assert_type(jax.eval_shape(soft_topk, x, k, alpha), jnp.float64)
     jax.test_util.check_grads(fn, (x, k, alpha), order=1, modes=["rev"], eps=1e-5, atol=1e-6,
                               rtol=1e-5)
 
@@ -301,6 +298,7 @@ def test_finite_differences_float64(max_k):
 # Transformations and dtypes.
 
 
+@pytest.mark.slow
 def test_jit_equals_no_jit_and_vmap_equals_row_loop():
   x, k = _data(14), _ks(15)
   batched_full = _fwd_fn(None)(x, k, jnp.float32(0.05))
@@ -339,11 +337,11 @@ def test_no_retrace_when_alpha_changes():
 def test_low_precision_in_low_precision_out():
   x, k = _data(20).astype(jnp.bfloat16), _ks(21)
   w, (dx, dk, _) = _vjp_fn(None)(x, k, jnp.float32(0.1), jnp.ones_like(x))
-  assert w.dtype == jnp.bfloat16 and dx.dtype == jnp.bfloat16 and dk.dtype == jnp.float32
+  chex.assert_type([w, dx, dk], [jnp.bfloat16, jnp.bfloat16, jnp.float32])
   ref = _fwd_fn(None)(x.astype(jnp.float32), k, jnp.float32(0.1))  # computed in float32 inside
   np.testing.assert_allclose(np.asarray(w, np.float32), ref, atol=1e-2)
   w16 = _fwd_fn(MAX_K)(x.astype(jnp.float16), k, jnp.float32(0.1))
-  assert w16.dtype == jnp.float16
+  chex.assert_type(w16, jnp.float16)
   np.testing.assert_allclose(np.asarray(w16, np.float32), ref, atol=1e-3)
 
 
@@ -382,20 +380,15 @@ def test_edge_rows(max_k):
   np.testing.assert_array_equal(w[7, :3], 1.0)
   np.testing.assert_allclose(w[7, 3:], 2.0 / (NUM_F - 3), rtol=1e-5)
   # Other rows are untouched by the NaN row.
-  assert np.all(np.isfinite(np.delete(w, 4, axis=0)))
+  chex.assert_tree_all_finite(np.delete(w, 4, axis=0))
   # Gradients: zero on the constant rows, NaN on the NaN row, finite elsewhere.
   for r in (0, 1, 2, 6, 7):
     np.testing.assert_array_equal(dx[r], 0.0)
     assert dk[r] == 0.0
   assert np.all(np.isnan(dx[4]))
-  assert np.all(np.isfinite(np.delete(dx, 4, axis=0)))
+  chex.assert_tree_all_finite(np.delete(dx, 4, axis=0))
   np.testing.assert_allclose(dx[3].sum(), 0.0, atol=1e-5)  # tied row: dx sums to zero
   np.testing.assert_allclose(dk[3], np.asarray(v)[3].mean(), rtol=1e-5)  # S = mean v
-
-
-def test_nonpositive_alpha_gives_nan():
-  w = _fwd_fn(None)(_data(24), _ks(25), jnp.float32(0.0))
-  assert np.all(np.isnan(np.asarray(w)))
 
 
 def test_argument_errors():
@@ -412,29 +405,48 @@ def test_argument_errors():
 
 
 # ------------------------------------------------------------------------------------------------
-# Hard top-k.
+# Hard top-k, and the pure functions with and without jit (chex.variants).
 
 
-def test_hard_topk_mask_per_row_k_matches_numpy():
-  rng = np.random.default_rng(26)
-  x = rng.normal(size=(NUM_B, NUM_F)).astype(np.float32)
-  k = np.array([0, 1, 2.9, 5, 7.5, 11, MAX_K, 3.0], np.float32)
-  mask = np.asarray(jax.jit(functools.partial(hard_topk_mask, max_k=MAX_K))(x, k))
-  order = np.argsort(-x, axis=1, kind="stable")
-  for r in range(NUM_B):
-    expected = np.zeros(NUM_F, bool)
-    expected[order[r, :int(np.floor(k[r]))]] = True
-    np.testing.assert_array_equal(mask[r], expected)
-  np.testing.assert_array_equal(mask.sum(1), np.floor(k))
-  kept = hard_topk(jnp.asarray(x, jnp.bfloat16), jnp.asarray(k, jnp.int32), max_k=MAX_K)
-  assert kept.dtype == jnp.bfloat16
-  np.testing.assert_array_equal(np.asarray(kept, np.float32) != 0, mask)
+class TestWithAndWithoutJit(chex.TestCase):
+  """The pure functions under ``jax.jit`` and op by op (``chex.variants``): the same results."""
 
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_softmax_regime_large_alpha(self):
+    x = _data(6)
+    k = jnp.full((NUM_B,), 1.5, jnp.float32)
+    alpha = 20.0  # k <= sum_j exp((x_j - max x)/a) / 2 holds by a wide margin
+    w = self.variant(soft_topk)(x, k, jnp.float32(alpha))
+    chex.assert_shape(w, (NUM_B, NUM_F))
+    chex.assert_trees_all_close(w, k[:, None] * jax.nn.softmax(x / alpha, axis=1), rtol=1e-5, atol=0.0)
 
-def test_hard_topk_ties_follow_lax_top_k_order():
-  x = jnp.zeros((1, 6), jnp.float32)
-  np.testing.assert_array_equal(hard_topk_mask(x, jnp.asarray([2]), max_k=3),
-                                [[True, True, False, False, False, False]])
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_nonpositive_alpha_gives_nan(self):
+    w = self.variant(soft_topk)(_data(24), _ks(25), jnp.float32(0.0))
+    assert np.all(np.isnan(np.asarray(w)))
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_hard_topk_mask_per_row_k_matches_numpy(self):
+    rng = np.random.default_rng(26)
+    x = rng.normal(size=(NUM_B, NUM_F)).astype(np.float32)
+    k = np.array([0, 1, 2.9, 5, 7.5, 11, MAX_K, 3.0], np.float32)
+    mask = np.asarray(self.variant(hard_topk_mask, static_argnames="max_k")(x, k, max_k=MAX_K))
+    order = np.argsort(-x, axis=1, kind="stable")
+    for r in range(NUM_B):
+      expected = np.zeros(NUM_F, bool)
+      expected[order[r, :int(np.floor(k[r]))]] = True
+      np.testing.assert_array_equal(mask[r], expected)
+    np.testing.assert_array_equal(mask.sum(1), np.floor(k))
+    kept = self.variant(hard_topk, static_argnames="max_k")(jnp.asarray(x, jnp.bfloat16),
+                                                             jnp.asarray(k, jnp.int32), max_k=MAX_K)
+    chex.assert_type(kept, jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(kept, np.float32) != 0, mask)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_hard_topk_ties_follow_lax_top_k_order(self):
+    x = jnp.zeros((1, 6), jnp.float32)
+    mask = self.variant(hard_topk_mask, static_argnames="max_k")(x, jnp.asarray([2]), max_k=3)
+    np.testing.assert_array_equal(mask, [[True, True, False, False, False, False]])
 
 
 def test_docstring_documents_the_operator():
