@@ -127,14 +127,14 @@ def _final_eval(wd, data, out):
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_random_moment_then_resume_is_exact(data, tmp_path):
+def test_sigkill_at_a_random_moment_then_resume_is_exact(data, tmp_path, test_seed):
   args = ["train", "--data", data, *COMMON, "--set", "train.steps=150", "--set", "train.checkpoint_every=10",
           "--set", "train.log_every=5", "--set", "train.hard_frac=0.1"]
   ref = str(tmp_path / "ref")
   r = _cli([*args, "--workdir", ref])
   assert r.returncode == 0, r.stderr
   killed = str(tmp_path / "killed")
-  rng = random.Random(int(time.time()))
+  rng = random.Random(test_seed)  # the kill delay: reproducible from the seed pytest prints
   p = subprocess.Popen([sys.executable, "-m", "softsae_jax.cli", *args, "--workdir", killed], env=env1(),
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ck = os.path.join(killed, "checkpoints")
