@@ -1,4 +1,5 @@
-"""softsae bench: metric functions on hand-made inputs, and the tiny preset end to end through the CLI."""
+"""softsae bench (the package softsae_jax/bench/): metric functions on hand-made inputs, and the tiny preset
+end to end through the CLI."""
 
 import json
 import math
@@ -8,7 +9,23 @@ import numpy as np
 import pytest
 
 from softsae_jax import bench, cli
+from softsae_jax import stats as rank_stats
+from softsae_jax.bench import metrics, output, protocols, runs
 from softsae_jax.shards import open_dataset
+
+
+def test_package_reexports():
+  # The names other code and docs import from softsae_jax.bench, and the CLI hooks cli.COMMANDS names.
+  assert (bench.kl_int, bench.wasserstein_int, bench.dictionary_recovery) == (
+      metrics.kl_int, metrics.wasserstein_int, metrics.dictionary_recovery)
+  assert (bench.class_means, bench.increasing, bench.KL_SMOOTHING) == (
+      metrics.class_means, metrics.increasing, metrics.KL_SMOOTHING)
+  assert (bench.rankdata, bench.spearman, bench.pearson) == (rank_stats.rankdata, rank_stats.spearman,
+                                                               rank_stats.pearson)
+  assert bench.make_config is runs.make_config and bench.BENCH_PRESETS is protocols.BENCH_PRESETS
+  assert bench.pareto_markdown is output.pareto_markdown and bench.synthetic_markdown is output.synthetic_markdown
+  command = next(c for c in cli.COMMANDS if c.name == "bench")
+  assert callable(getattr(bench, command.add_arguments)) and callable(getattr(bench, command.run))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -49,45 +66,45 @@ def test_pearson_hand_value():
 
 
 def test_kl_int_hand_values():
-  assert bench.kl_int([2, 4, 4, 8], [2, 4, 4, 8]) == 0.0
+  assert metrics.kl_int([2, 4, 4, 8], [2, 4, 4, 8]) == 0.0
   # P from [0, 1], Q from [0, 0], pseudo-count 0.5: p = (1/2, 1/2), q = (5/6, 1/6).
-  assert bench.kl_int([0, 1], [0, 0]) == pytest.approx(0.5 * math.log(0.6) + 0.5 * math.log(3.0))
-  assert bench.kl_int([0, 1], [0, 0], smoothing=0.0) == math.inf
+  assert metrics.kl_int([0, 1], [0, 0]) == pytest.approx(0.5 * math.log(0.6) + 0.5 * math.log(3.0))
+  assert metrics.kl_int([0, 1], [0, 0], smoothing=0.0) == math.inf
   # Always >= 0, and finite for disjoint supports thanks to the pseudo-count.
-  assert 0.0 < bench.kl_int([2] * 10, [8] * 10) < math.inf
+  assert 0.0 < metrics.kl_int([2] * 10, [8] * 10) < math.inf
   with pytest.raises(ValueError):
-    bench.kl_int([1.5], [1])
+    metrics.kl_int([1.5], [1])
 
 
 def test_wasserstein_int_hand_values():
-  assert bench.wasserstein_int([2, 2], [4, 4]) == pytest.approx(2.0)
-  assert bench.wasserstein_int([0, 4], [2, 2]) == pytest.approx(2.0)
-  assert bench.wasserstein_int([1, 2, 3], [3, 2, 1]) == 0.0
-  assert bench.wasserstein_int([2] * 10, [3] * 10) < bench.wasserstein_int([2] * 10, [8] * 10)
+  assert metrics.wasserstein_int([2, 2], [4, 4]) == pytest.approx(2.0)
+  assert metrics.wasserstein_int([0, 4], [2, 2]) == pytest.approx(2.0)
+  assert metrics.wasserstein_int([1, 2, 3], [3, 2, 1]) == 0.0
+  assert metrics.wasserstein_int([2] * 10, [3] * 10) < metrics.wasserstein_int([2] * 10, [8] * 10)
 
 
 def test_dictionary_recovery_known_atoms():
   eye = np.eye(5)
-  assert bench.dictionary_recovery(eye, eye) == {"mean_max_cos": 1.0, "frac_recovered": 1.0}
+  assert metrics.dictionary_recovery(eye, eye) == {"mean_max_cos": 1.0, "frac_recovered": 1.0}
   # Permuted, rescaled, with extra learned atoms: still 1.0.
   rng = np.random.default_rng(0)
   learned = np.concatenate([3.0 * eye[::-1], rng.standard_normal((7, 5))])
-  assert bench.dictionary_recovery(eye, learned)["mean_max_cos"] == pytest.approx(1.0)
+  assert metrics.dictionary_recovery(eye, learned)["mean_max_cos"] == pytest.approx(1.0)
   # Signed: a negated dictionary is not a match; an orthogonal one scores 0.
-  assert bench.dictionary_recovery(eye[:2], -eye[:2])["mean_max_cos"] == pytest.approx(0.0)
-  assert bench.dictionary_recovery(eye[:1], eye[1:2]) == {"mean_max_cos": 0.0, "frac_recovered": 0.0}
+  assert metrics.dictionary_recovery(eye[:2], -eye[:2])["mean_max_cos"] == pytest.approx(0.0)
+  assert metrics.dictionary_recovery(eye[:1], eye[1:2]) == {"mean_max_cos": 0.0, "frac_recovered": 0.0}
   # Half the atoms found exactly, the other half at 45 degrees.
   learned = np.stack([eye[0], eye[1], (eye[2] + eye[4]) / np.sqrt(2), (eye[3] + eye[4]) / np.sqrt(2)])
-  rec = bench.dictionary_recovery(eye[:4], learned)
+  rec = metrics.dictionary_recovery(eye[:4], learned)
   assert rec["mean_max_cos"] == pytest.approx((2 + 2 / np.sqrt(2)) / 4)
   assert rec["frac_recovered"] == 0.5
 
 
 def test_class_means_and_increasing():
-  means = bench.class_means([1.0, 3.0, 5.0, 6.0, 10.0], [2, 2, 4, 4, 16])
+  means = metrics.class_means([1.0, 3.0, 5.0, 6.0, 10.0], [2, 2, 4, 4, 16])
   assert means == {"2": 2.0, "4": 5.5, "16": 10.0}
-  assert bench.increasing(means)
-  assert not bench.increasing({"2": 2.0, "4": 1.0})
+  assert metrics.increasing(means)
+  assert not metrics.increasing({"2": 2.0, "4": 1.0})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,7 +133,7 @@ def test_synthetic_tiny_outputs(tiny_run):
   r = res["mixture"]
   assert res["meta"]["kinds"] == ["mixture"] and res["meta"]["seed"] == 1
   target, matched = r["target_k"], r["matched_k"]
-  assert target == bench.BENCH_PRESETS["tiny"]["k"]
+  assert target == protocols.BENCH_PRESETS["tiny"]["k"]
   assert matched == max(1, round(r["models"][f"softsae@k{target}"]["l0_mean"]))
   l0 = r["models"][f"softsae@k{target}"]["l0_mean"]
   expected = {f"softsae@k{target}", f"topk@k{target}", f"topk@k{matched}", f"batchtopk@k{matched}",
@@ -171,16 +188,21 @@ def test_bench_user_errors(tmp_path, capsys):
   assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "c")
 
 
-def test_pareto_tiny(tiny_run, tmp_path):
+def _pareto(tiny_run, tmp_path, *flags: str) -> tuple[str, str, dict]:
+  """Runs ``bench pareto`` on the tiny preset's mixture train set; returns (data, out, pareto.json)."""
   out, _ = tiny_run
   data = os.path.join(out, "data", "mixture", "train")
   pout = str(tmp_path / "pareto")
-  rc = cli.main(["bench", "pareto", "--data", data, "--out", pout, "--ks", "2,4", "--archs", "topk",
-                 "--steps", "10", "--batch-size", "64", "--quiet"])
+  rc = cli.main(["bench", "pareto", "--data", data, "--out", pout, *flags, "--batch-size", "64", "--quiet"])
   assert rc == 0
   for name in ("pareto.json", "pareto.md", "pareto.png"):
     assert os.path.getsize(os.path.join(pout, name)) > 0
-  res = json.load(open(os.path.join(pout, "pareto.json")))
+  with open(os.path.join(pout, "pareto.json")) as f:
+    return data, pout, json.load(f)
+
+
+def test_pareto_tiny(tiny_run, tmp_path):
+  data, pout, res = _pareto(tiny_run, tmp_path, "--ks", "2,4", "--archs", "topk", "--steps", "10")
   assert set(res["runs"]) == {"topk@k2", "topk@k4"}
   assert res["runs"]["topk@k4"]["l0_mean"] <= 4.0
   # Held-out split: the last 10% of the rows, copied in order.
