@@ -1,5 +1,5 @@
-"""softsae bench (the package softsae_jax/bench/): metric functions on hand-made inputs, and the tiny preset
-end to end through the CLI."""
+"""softsae bench (the package softsae_jax/bench/): metric functions on hand-made inputs, the pareto sweep
+points, and the tiny preset and pareto (with a JumpReLU coefficient sweep) end to end through the CLI."""
 
 import json
 import math
@@ -11,6 +11,7 @@ import pytest
 from softsae_jax import bench, cli
 from softsae_jax import stats as rank_stats
 from softsae_jax.bench import metrics, output, protocols, runs
+from softsae_jax.config import Config
 from softsae_jax.shards import open_dataset
 
 
@@ -211,3 +212,51 @@ def test_pareto_tiny(tiny_run, tmp_path):
   n_hold = round(0.1 * src.n_rows)
   assert (train.n_rows, held.n_rows) == (src.n_rows - n_hold, n_hold)
   np.testing.assert_array_equal(np.asarray(held.mmap(0)), np.asarray(src.mmap(0))[src.n_rows - n_hold:])
+
+
+# --------------------------------------------------------------------------------------------------
+# Pareto sweeps: k for the k-sparsified archs, the L0-setting coefficient for jumprelu and relu.
+
+
+def test_pareto_points_sweep_coefficients_not_k():
+  pts = protocols.pareto_points(["topk", "jumprelu", "relu"], [4, 8, 4], {"jumprelu": [3e-3, 1e-3], "relu": [1.0, 0.3]})
+  assert [p.name for p in pts] == ["topk@k4", "topk@k8", "jumprelu@l0c0.003", "jumprelu@l0c0.001", "relu@l1c1",
+                                   "relu@l1c0.3"]
+  assert [(p.k, p.field, p.coeff) for p in pts[1:3]] == [(8, None, None), (None, "l0_coeff", 3e-3)]
+  # The coefficient reaches the config; k stays the library default (it does not set their L0).
+  cfgs = [runs.make_config(p.arch, p.k, n_latents=64, steps=10, batch_size=8, seed=0, fields=p.fields) for p in pts]
+  assert [c.sae.l0_coeff for c in cfgs[2:4]] == [3e-3, 1e-3] and [c.sae.l1_coeff for c in cfgs[4:]] == [1.0, 0.3]
+  assert cfgs[2].sae.k == cfgs[4].sae.k == Config().sae.k and cfgs[1].sae.k == 8
+
+
+def test_pareto_coefficient_user_errors(tmp_path, capsys):
+  # The swept coefficient cannot also be --set: every run of the sweep would be the same.
+  out = tmp_path / "p"
+  assert cli.main(["bench", "pareto", "--data", str(tmp_path / "missing"), "--out", str(out), "--archs", "jumprelu",
+                   "--set", "sae.l0_coeff=0.1"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "--l0-coeffs" in err[0]
+  assert not os.path.exists(out)
+  with pytest.raises(SystemExit) as e:
+    cli.main(["bench", "pareto", "--data", str(tmp_path), "--l0-coeffs", "1e-3,-1"])
+  assert e.value.code == 2
+  assert "--l0-coeffs: expected a comma-separated list of numbers >= 0" in capsys.readouterr().err
+
+
+def test_pareto_jumprelu_sweeps_its_coefficient(tiny_run, tmp_path):
+  _, pout, res = _pareto(tiny_run, tmp_path, "--archs", "topk,jumprelu", "--ks", "4,8", "--steps", "40")
+  coeffs = {"jumprelu@l0c0.003": 3e-3, "jumprelu@l0c0.001": 1e-3, "jumprelu@l0c0.0003": 3e-4}  # the default sweep
+  assert set(res["runs"]) == {"topk@k4", "topk@k8"} | set(coeffs)
+  assert res["meta"]["l0_coeffs"] == [3e-3, 1e-3, 3e-4] and "--l0-coeffs 0.003,0.001,0.0003" in res["meta"]["command"]
+  for name, c in coeffs.items():
+    m = res["runs"][name]
+    assert (m["arch"], m["k"], m["l0_coeff"]) == ("jumprelu", None, c)
+    with open(os.path.join(pout, "runs", name, "config.json")) as f:
+      assert json.load(f)["sae"]["l0_coeff"] == c
+  for k in (4, 8):
+    assert res["runs"][f"topk@k{k}"]["k"] == k and "l0_coeff" not in res["runs"][f"topk@k{k}"]
+  # Three different runs, not one run three times: a smaller coefficient gives a larger L0.
+  l0 = [res["runs"][name]["l0_mean"] for name in coeffs]
+  assert l0[0] < l0[1] < l0[2]
+  md = open(os.path.join(pout, "pareto.md")).read()
+  assert "| jumprelu@l0c0.001 | – | sae.l0_coeff=0.001 |" in md and "| topk | " in md and "| jumprelu | " in md

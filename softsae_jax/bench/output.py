@@ -20,8 +20,10 @@ import numpy as np
 
 from softsae_jax import files
 from softsae_jax.bench.metrics import KL_SMOOTHING, RECOVERY_THRESHOLD
+from softsae_jax.bench.runs import COEFF_SWEEPS, coeff_text
 
-ARCH_COLORS = {"softsae": "C3", "topk": "C0", "batchtopk": "C2", "matryoshka": "C4", "relu": "C5"}
+ARCH_COLORS = {"softsae": "C3", "topk": "C0", "batchtopk": "C2", "matryoshka": "C4", "relu": "C5",
+               "jumprelu": "C1"}
 
 
 def fmt(x: Any, nd: int = 3) -> str:
@@ -36,6 +38,14 @@ def fmt(x: Any, nd: int = 3) -> str:
   if isinstance(x, float):
     return f"{x:.{nd}f}" if math.isfinite(x) else "inf"
   return str(x)
+
+
+def sweep_point(m: dict[str, Any]) -> tuple[str, str]:
+  """The swept quantity of a pareto run and its value: ``("k", "8")``, ``("l0_coeff", "0.001")``."""
+  for sweep in COEFF_SWEEPS.values():
+    if sweep.field in m:
+      return sweep.field, coeff_text(m[sweep.field])
+  return "k", str(m["k"])
 
 
 def _git_state() -> dict[str, Any]:
@@ -217,37 +227,47 @@ def write_synthetic(out: str, results: dict[str, Any], t0: float) -> list[str]:
 
 
 def pareto_markdown(res: dict[str, Any]) -> str:
-  """``pareto.md``: FVU (mean L0) per arch and k, then one row per run."""
+  """``pareto.md``: FVU (mean L0) per arch and swept value (k, or the arch's L0-setting coefficient),
+  then one row per run."""
   meta = res["meta"]
   lines = _header(f"# softsae bench pareto — {meta['data']}", meta, (f"Evaluated on: {meta['evaluated_on']}.",))
-  ks = meta["ks"]
-  lines += ["FVU (mean L0) per arch and k:", "", "| arch | " + " | ".join(f"k={k}" for k in ks) + " |",
-            "|---|" + "---|" * len(ks)]
-  for arch in meta["archs"]:
-    cells = []
-    for k in ks:
-      m = res["runs"].get(f"{arch}@k{k}")
-      cells.append(f"{m['fvu']:.4f} ({m['l0_mean']:.1f})" if m else "–")
-    lines.append(f"| {arch} | " + " | ".join(cells) + " |")
-  lines += ["", "| run | k | L0 mean | L0 std | FVU | cosine | dead | train s |", "|---|---|---|---|---|---|---|---|"]
+  tables: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # swept quantity -> arch -> value -> run
+  for m in res["runs"].values():
+    field, value = sweep_point(m)
+    tables.setdefault(field, {}).setdefault(m["arch"], {})[value] = m
+  for field, by_arch in tables.items():
+    values = list(dict.fromkeys(v for runs in by_arch.values() for v in runs))
+    what = "k" if field == "k" else f"sae.{field}"
+    lines += [f"FVU (mean L0) per arch and {what}:", "", "| arch | " + " | ".join(f"{field}={v}" for v in values)
+              + " |", "|---|" + "---|" * len(values)]
+    for arch, runs in by_arch.items():
+      cells = [f"{runs[v]['fvu']:.4f} ({runs[v]['l0_mean']:.1f})" if v in runs else "–" for v in values]
+      lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    lines.append("")
+  lines += ["| run | k | coefficient | L0 mean | L0 std | FVU | cosine | dead | train s |",
+            "|---|---|---|---|---|---|---|---|---|"]
   for name, m in res["runs"].items():
-    lines.append(f"| {name} | {m['k']} | {m['l0_mean']:.2f} | {m['l0_std']:.2f} | {m['fvu']:.4f} | "
+    field, value = sweep_point(m)
+    coeff = "–" if field == "k" else f"sae.{field}={value}"
+    lines.append(f"| {name} | {fmt(m['k'])} | {coeff} | {m['l0_mean']:.2f} | {m['l0_std']:.2f} | {m['fvu']:.4f} | "
                  f"{m['cosine']:.3f} | {100 * m['dead_fraction']:.1f}% | {res['timing_s'][name] or 'reused'} |")
   lines.append("")
   return "\n".join(lines)
 
 
 def plot_pareto(out: str, res: dict[str, Any]) -> str:
-  """``pareto.png``: FVU against mean L0 (log scale), one line per arch through its k sweep; returns its path."""
+  """``pareto.png``: FVU against mean L0 (log scale), one line per arch through its sweep, each point
+  labelled with its k or coefficient; returns its path."""
   import matplotlib.ticker
 
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6, 4.5))
   for arch in res["meta"]["archs"]:
-    pts = sorted((m["l0_mean"], m["fvu"], m["k"]) for m in res["runs"].values() if m["arch"] == arch)
+    pts = sorted((m["l0_mean"], m["fvu"], "=".join(sweep_point(m))) for m in res["runs"].values()
+                 if m["arch"] == arch)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=arch, color=ARCH_COLORS.get(arch))
-    for x, y, k in pts:
-      ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    for x, y, label in pts:
+      ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
   ax.set_xscale("log")
   ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
   ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

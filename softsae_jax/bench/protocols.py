@@ -25,12 +25,17 @@ Metrics, all on the held-out set with the library's inference rules (:mod:`softs
 * ``kl_l0_true`` (KL(true || L0), smoothed), ``w1_l0_true`` (earth mover's distance) and
   ``dict_recovery`` (mixtures only): :mod:`softsae_jax.bench.metrics`.
 
-``softsae bench pareto`` (:func:`cmd_pareto`): FVU against mean L0 for each arch over a sweep of k on
-any ``softsae-activations/1`` set. The last ``--holdout`` fraction of the rows (default 10%, in data
-order) is held out: the bench writes two views, ``OUT/split/train`` (the first rows) and
-``OUT/split/heldout`` (the last rows), as copies, once, and reuses them on a rerun. ``--holdout 0``
-trains and evaluates on the same rows (no copy). In data order, activations of text are grouped by
-document, so the held-out rows come from other documents than most training rows.
+``softsae bench pareto`` (:func:`cmd_pareto`): FVU against mean L0 for each arch over a sweep on any
+``softsae-activations/1`` set. The k-sparsified archs (softsae, topk, batchtopk, matryoshka) are
+trained at each ``--ks`` value (runs ``topk@k8``); the archs whose L0 is set by a loss coefficient
+are trained at each value of that coefficient instead (:data:`~softsae_jax.bench.runs.COEFF_SWEEPS`:
+jumprelu at each ``--l0-coeffs`` value of ``sae.l0_coeff``, runs ``jumprelu@l0c0.001``; relu at each
+``--l1-coeffs`` value of ``sae.l1_coeff``, runs ``relu@l1c0.3``), since training them "at each k"
+would repeat one run. The last ``--holdout`` fraction of the rows (default 10%, in data order) is
+held out: the bench writes two views, ``OUT/split/train`` (the first rows) and ``OUT/split/heldout``
+(the last rows), as copies, once, and reuses them on a rerun. ``--holdout 0`` trains and evaluates
+on the same rows (no copy). In data order, activations of text are grouped by document, so the
+held-out rows come from other documents than most training rows.
 
 Both are deterministic functions of their arguments and ``--seed`` on one machine (data,
 initialisation and batch order are seeded; timings are reported apart from the metrics), and a rerun
@@ -42,15 +47,15 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from softsae_jax import synthetic
 from softsae_jax.bench import output
 from softsae_jax.bench.metrics import KL_SMOOTHING, RECOVERY_THRESHOLD, class_means, increasing
-from softsae_jax.bench.runs import (Log, check_overrides, dataset_view, make_config, measure, rounded_secs, secs_text,
-                                    train_and_load)
+from softsae_jax.bench.runs import (COEFF_SWEEPS, Log, check_overrides, coeff_text, dataset_view, make_config,
+                                    measure, rounded_secs, secs_text, train_and_load)
 from softsae_jax.config import ConfigError
 from softsae_jax.shards import DataError, ShardWriter, open_dataset
 
@@ -212,6 +217,44 @@ def cmd_synthetic(args) -> int:
 # bench pareto
 
 
+class SweepPoint(NamedTuple):
+  """One run of ``bench pareto``: an arch at one k, or at one value of its L0-setting coefficient."""
+
+  name: str  # "topk@k8", "jumprelu@l0c0.001"
+  arch: str
+  k: int | None  # None for a coefficient-swept arch (its sae.k stays the library default)
+  field: str | None  # the SaeConfig coefficient swept ("l0_coeff", "l1_coeff"), or None
+  coeff: float | None
+
+  @property
+  def fields(self) -> list[str]:
+    """The config items that set this point's coefficient (none for a k point)."""
+    return [] if self.field is None else [f"sae.{self.field}={self.coeff!r}"]
+
+
+def pareto_points(archs: Sequence[str], ks: Sequence[int], coeffs: Mapping[str, Sequence[float]]) -> list[SweepPoint]:
+  """The runs of a pareto sweep, arch by arch in the order given (repeated values once).
+
+  Args:
+    archs: the archs (``--archs``).
+    ks: the k values of the k-sparsified archs (``--ks``).
+    coeffs: for each arch of :data:`~softsae_jax.bench.runs.COEFF_SWEEPS`, its coefficient values.
+
+  Examples:
+    >>> [p.name for p in pareto_points(["topk", "jumprelu"], [4, 8], {"jumprelu": [1e-3]})]
+    ['topk@k4', 'topk@k8', 'jumprelu@l0c0.001']
+  """
+  points = []
+  for arch in archs:
+    sweep = COEFF_SWEEPS.get(arch)
+    if sweep is None:
+      points += [SweepPoint(f"{arch}@k{k}", arch, k, None, None) for k in dict.fromkeys(ks)]
+    else:
+      points += [SweepPoint(f"{arch}@{sweep.tag}{coeff_text(c)}", arch, None, sweep.field, c)
+                 for c in dict.fromkeys(coeffs[arch])]
+  return points
+
+
 def split_views(data: str, out: str, holdout: float, log: Log) -> tuple[str, str]:
   """Copies the first (1 - holdout) and the last holdout fraction of the rows into two datasets
   under OUT/split (reused when they already hold this split of this data)."""
@@ -243,19 +286,21 @@ def split_views(data: str, out: str, holdout: float, log: Log) -> tuple[str, str
 
 
 def cmd_pareto(args) -> int:
-  """``softsae bench pareto``: every arch at every k, then pareto.json, pareto.md and pareto.png."""
+  """``softsae bench pareto``: every sweep point of every arch, then pareto.json, pareto.md and pareto.png."""
   t0 = time.time()
   log = Log(args.quiet)
-  overrides = check_overrides(args.set)
-  ks, archs = args.ks, args.archs  # parsed and checked by their argparse types (cli_types)
+  archs = args.archs  # lists parsed and checked by their argparse types (cli_types)
+  coeffs = {arch: getattr(args, sweep.dest) for arch, sweep in COEFF_SWEEPS.items()}
+  points = pareto_points(archs, args.ks, coeffs)
+  overrides = check_overrides(args.set, {f"sae.{COEFF_SWEEPS[a].field}": COEFF_SWEEPS[a].flag
+                                         for a in archs if a in COEFF_SWEEPS})
   ds = open_dataset(args.data)
   cfgs = {}
-  for arch in archs:
-    for k in ks:
-      cfg = make_config(arch, k, n_latents=args.n_latents, steps=args.steps, batch_size=args.batch_size,
-                        seed=args.seed, overrides=overrides)
-      cfg.resolve(ds.d_model)  # raises ConfigError before anything is written
-      cfgs[f"{arch}@k{k}"] = cfg
+  for p in points:
+    cfg = make_config(p.arch, p.k, n_latents=args.n_latents, steps=args.steps, batch_size=args.batch_size,
+                      seed=args.seed, overrides=overrides, fields=p.fields)
+    cfg.resolve(ds.d_model)  # raises ConfigError before anything is written
+    cfgs[p.name] = (p, cfg)
   out = args.out or os.path.join("runs", "bench-pareto")
   os.makedirs(out, exist_ok=True)
   if args.holdout > 0:
@@ -270,17 +315,22 @@ def cmd_pareto(args) -> int:
   eval_ds = open_dataset(eval_dir)
 
   runs, timing = {}, {}
-  for name, cfg in cfgs.items():
+  for name, (p, cfg) in cfgs.items():
     model, secs = train_and_load(train_dir, os.path.join(out, "runs", name), cfg, log, name)
     m, _ = measure(model, eval_ds)
-    m.update({"arch": cfg.sae.arch, "k": cfg.sae.k, "n_latents": model.cfg.sae.F})
+    m.update({"arch": p.arch, "k": p.k, "n_latents": model.cfg.sae.F})
+    if p.field is not None:
+      m[p.field] = p.coeff
     runs[name], timing[name] = m, rounded_secs(secs)
     log(f"{name}: FVU {m['fvu']:.4f} at mean L0 {m['l0_mean']:.2f} ({secs_text(secs)})")
-  command = (f"softsae bench pareto --data {args.data} --out {out} --ks {','.join(map(str, ks))} "
-             f"--archs {','.join(archs)} --steps {args.steps} --batch-size {args.batch_size} --seed {args.seed} "
-             f"--holdout {args.holdout}" + (f" --n-latents {args.n_latents}" if args.n_latents else "")
-             + "".join(f" --set {s}" for s in overrides))
-  res = {"meta": {**output.run_meta(args, command, t0), "data": os.path.abspath(args.data), "ks": ks, "archs": archs,
+  swept = "".join(f" {sweep.flag} {','.join(coeff_text(c) for c in coeffs[arch])}"
+                  for arch, sweep in COEFF_SWEEPS.items() if arch in archs)
+  command = (f"softsae bench pareto --data {args.data} --out {out} --ks {','.join(map(str, args.ks))} "
+             f"--archs {','.join(archs)}{swept} --steps {args.steps} --batch-size {args.batch_size} "
+             f"--seed {args.seed} --holdout {args.holdout}"
+             + (f" --n-latents {args.n_latents}" if args.n_latents else "") + "".join(f" --set {s}" for s in overrides))
+  res = {"meta": {**output.run_meta(args, command, t0), "data": os.path.abspath(args.data), "ks": args.ks,
+                  "archs": archs, **{sweep.dest: coeffs[arch] for arch, sweep in COEFF_SWEEPS.items()},
                   "steps": args.steps, "batch_size": args.batch_size, "holdout": args.holdout,
                   "evaluated_on": evaluated_on},
          "runs": runs, "timing_s": timing}

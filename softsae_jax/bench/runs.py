@@ -1,7 +1,7 @@
 """Running the bench's models: configs, data views, training (or reuse), and evaluation.
 
 Every model gets the library's default config except the fields the bench sets (``sae.arch``,
-``sae.k``, ``sae.n_latents``, ``train.steps``,
+``sae.k`` or the arch's sparsity coefficient, ``sae.n_latents``, ``train.steps``,
 ``train.batch_size``, ``train.seed``, and the logging/checkpoint intervals), so a comparison is
 about the defaults; the user's ``--set section.key=value`` overrides apply to every model on top.
 
@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -31,6 +31,38 @@ BENCH_KEYS = ("sae.arch", "sae.k", "train.steps", "train.seed")
 """Config fields the bench chooses for every model (``--steps``, ``--seed``); refused in ``--set``."""
 
 
+class CoeffSweep(NamedTuple):
+  """An arch whose L0 is set by a loss coefficient, not by k: it is swept over that coefficient."""
+
+  field: str  # the SaeConfig field, e.g. "l0_coeff"
+  tag: str  # the run-name tag: "jumprelu@l0c0.001"
+  flag: str  # the bench flag that lists the values
+
+  @property
+  def dest(self) -> str:
+    """The flag's attribute in the parsed arguments (``--l0-coeffs`` -> ``l0_coeffs``)."""
+    return self.flag[2:].replace("-", "_")
+
+
+COEFF_SWEEPS: dict[str, CoeffSweep] = {
+    "jumprelu": CoeffSweep("l0_coeff", "l0c", "--l0-coeffs"),
+    "relu": CoeffSweep("l1_coeff", "l1c", "--l1-coeffs"),
+}
+"""The archs whose L0 is not set by ``sae.k`` but by a loss coefficient (:class:`~softsae_jax.config.SaeConfig`
+``l0_coeff``, ``l1_coeff``: a smaller one gives a larger L0), and the ``bench pareto`` flag listing its values."""
+
+
+def coeff_text(c: float) -> str:
+  """A coefficient as it appears in run names and tables: the shortest text that reads back as it.
+
+  Examples:
+    >>> coeff_text(1e-3), coeff_text(3e-4), coeff_text(1.0), coeff_text(0.3)
+    ('0.001', '0.0003', '1', '0.3')
+  """
+  s = repr(float(c))
+  return s[:-2] if s.endswith(".0") else s
+
+
 class Log:
   """Progress lines on stderr, ``[bench   12.3s] message``; nothing when ``quiet``."""
 
@@ -43,48 +75,52 @@ class Log:
       print(f"[bench {time.time() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def check_overrides(overrides: Sequence[str] | None) -> list[str]:
+def check_overrides(overrides: Sequence[str] | None, reserved: Mapping[str, str] | None = None) -> list[str]:
   """The user's ``--set`` items, checked (key and type) before anything runs.
 
   Args:
     overrides: ``section.key=value`` strings (None: none).
+    reserved: more keys the bench chooses in this run, each with the flag that sets it.
 
   Returns:
     The items as a list.
 
   Raises:
-    ConfigError: a key the bench chooses (:data:`BENCH_KEYS`), an unknown key or a bad value.
+    ConfigError: a key the bench chooses (:data:`BENCH_KEYS`, ``reserved``), an unknown key or a bad value.
   """
   out = []
   for item in overrides or []:
     key = item.split("=", 1)[0].strip()
     if key in BENCH_KEYS:
       raise ConfigError(f"--set {key}=... is chosen by the bench (use --steps / --seed for steps and seed)")
+    if key in (reserved or {}):
+      raise ConfigError(f"--set {key}=... is chosen by the bench in this run (use {reserved[key]})")
     out.append(item)
   apply_overrides(Config(), out)  # type/key check before anything runs
   return out
 
 
-def make_config(arch: str, k: int, *, n_latents: int | None, steps: int, batch_size: int, seed: int,
-                overrides: Sequence[str] = ()) -> Config:
+def make_config(arch: str, k: int | None, *, n_latents: int | None, steps: int, batch_size: int, seed: int,
+                overrides: Sequence[str] = (), fields: Sequence[str] = ()) -> Config:
   """The library default config with the bench's fields set, then the user's ``--set`` overrides.
 
   Args:
     arch: ``sae.arch``.
-    k: ``sae.k``.
+    k: ``sae.k``; None leaves the library default (relu, jumprelu: their coefficient sets the L0).
     n_latents: ``sae.n_latents``; None leaves the config's ``expansion * D``.
     steps, batch_size, seed: ``train.steps``, ``train.batch_size``, ``train.seed``.
     overrides: the user's ``--set`` items (applied last).
+    fields: more ``section.key=value`` items the bench sets (e.g. ``sae.l0_coeff=0.001``).
 
   Returns:
     The unresolved config (``resolve(D)`` checks it against the data).
   """
-  bench = [f"sae.arch={arch}", f"sae.k={k}",
+  bench = [f"sae.arch={arch}"] + ([] if k is None else [f"sae.k={k}"]) + [
       f"train.steps={steps}", f"train.batch_size={batch_size}", f"train.seed={seed}",
       f"train.checkpoint_every={steps}", "train.keep_checkpoints=1", f"train.log_every={max(1, steps // 20)}"]
   if n_latents is not None:
     bench.append(f"sae.n_latents={n_latents}")
-  return apply_overrides(Config(), bench + list(overrides))
+  return apply_overrides(Config(), bench + list(fields) + list(overrides))
 
 
 def train_and_load(data_dir: str, workdir: str, cfg: Config, log: Log, label: str):
