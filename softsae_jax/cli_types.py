@@ -98,6 +98,16 @@ def float_list(text: str) -> list[float]:
   return _parse_list(text, float, "a comma-separated list of numbers", lambda v: True)
 
 
+def nonneg_float_list(text: str) -> list[float]:
+  """Comma-separated finite numbers >= 0, at least one (``--l0-coeffs 3e-3,1e-3``).
+
+  Examples:
+    >>> nonneg_float_list("3e-3, 1")
+    [0.003, 1.0]
+  """
+  return _parse_list(text, float, "a comma-separated list of numbers >= 0", lambda v: v >= 0)
+
+
 def choice_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
   """A ``type=`` for comma-separated names, each one of ``choices`` (``--archs topk,relu``).
 

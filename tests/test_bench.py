@@ -1,4 +1,5 @@
-"""softsae bench: metric functions on hand-made inputs, and the tiny preset end to end through the CLI."""
+"""softsae bench (the package softsae_jax/bench/): metric functions on hand-made inputs, the pareto sweep
+points, and the tiny preset and pareto (with a JumpReLU coefficient sweep) end to end through the CLI."""
 
 import json
 import math
@@ -8,7 +9,24 @@ import numpy as np
 import pytest
 
 from softsae_jax import bench, cli
+from softsae_jax import stats as rank_stats
+from softsae_jax.bench import metrics, output, protocols, runs
+from softsae_jax.config import Config
 from softsae_jax.shards import open_dataset
+
+
+def test_package_reexports():
+  # The names other code and docs import from softsae_jax.bench, and the CLI hooks cli.COMMANDS names.
+  assert (bench.kl_int, bench.wasserstein_int, bench.dictionary_recovery) == (
+      metrics.kl_int, metrics.wasserstein_int, metrics.dictionary_recovery)
+  assert (bench.class_means, bench.increasing, bench.KL_SMOOTHING) == (
+      metrics.class_means, metrics.increasing, metrics.KL_SMOOTHING)
+  assert (bench.rankdata, bench.spearman, bench.pearson) == (rank_stats.rankdata, rank_stats.spearman,
+                                                               rank_stats.pearson)
+  assert bench.make_config is runs.make_config and bench.BENCH_PRESETS is protocols.BENCH_PRESETS
+  assert bench.pareto_markdown is output.pareto_markdown and bench.synthetic_markdown is output.synthetic_markdown
+  command = next(c for c in cli.COMMANDS if c.name == "bench")
+  assert callable(getattr(bench, command.add_arguments)) and callable(getattr(bench, command.run))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -49,45 +67,45 @@ def test_pearson_hand_value():
 
 
 def test_kl_int_hand_values():
-  assert bench.kl_int([2, 4, 4, 8], [2, 4, 4, 8]) == 0.0
+  assert metrics.kl_int([2, 4, 4, 8], [2, 4, 4, 8]) == 0.0
   # P from [0, 1], Q from [0, 0], pseudo-count 0.5: p = (1/2, 1/2), q = (5/6, 1/6).
-  assert bench.kl_int([0, 1], [0, 0]) == pytest.approx(0.5 * math.log(0.6) + 0.5 * math.log(3.0))
-  assert bench.kl_int([0, 1], [0, 0], smoothing=0.0) == math.inf
+  assert metrics.kl_int([0, 1], [0, 0]) == pytest.approx(0.5 * math.log(0.6) + 0.5 * math.log(3.0))
+  assert metrics.kl_int([0, 1], [0, 0], smoothing=0.0) == math.inf
   # Always >= 0, and finite for disjoint supports thanks to the pseudo-count.
-  assert 0.0 < bench.kl_int([2] * 10, [8] * 10) < math.inf
+  assert 0.0 < metrics.kl_int([2] * 10, [8] * 10) < math.inf
   with pytest.raises(ValueError):
-    bench.kl_int([1.5], [1])
+    metrics.kl_int([1.5], [1])
 
 
 def test_wasserstein_int_hand_values():
-  assert bench.wasserstein_int([2, 2], [4, 4]) == pytest.approx(2.0)
-  assert bench.wasserstein_int([0, 4], [2, 2]) == pytest.approx(2.0)
-  assert bench.wasserstein_int([1, 2, 3], [3, 2, 1]) == 0.0
-  assert bench.wasserstein_int([2] * 10, [3] * 10) < bench.wasserstein_int([2] * 10, [8] * 10)
+  assert metrics.wasserstein_int([2, 2], [4, 4]) == pytest.approx(2.0)
+  assert metrics.wasserstein_int([0, 4], [2, 2]) == pytest.approx(2.0)
+  assert metrics.wasserstein_int([1, 2, 3], [3, 2, 1]) == 0.0
+  assert metrics.wasserstein_int([2] * 10, [3] * 10) < metrics.wasserstein_int([2] * 10, [8] * 10)
 
 
 def test_dictionary_recovery_known_atoms():
   eye = np.eye(5)
-  assert bench.dictionary_recovery(eye, eye) == {"mean_max_cos": 1.0, "frac_recovered": 1.0}
+  assert metrics.dictionary_recovery(eye, eye) == {"mean_max_cos": 1.0, "frac_recovered": 1.0}
   # Permuted, rescaled, with extra learned atoms: still 1.0.
   rng = np.random.default_rng(0)
   learned = np.concatenate([3.0 * eye[::-1], rng.standard_normal((7, 5))])
-  assert bench.dictionary_recovery(eye, learned)["mean_max_cos"] == pytest.approx(1.0)
+  assert metrics.dictionary_recovery(eye, learned)["mean_max_cos"] == pytest.approx(1.0)
   # Signed: a negated dictionary is not a match; an orthogonal one scores 0.
-  assert bench.dictionary_recovery(eye[:2], -eye[:2])["mean_max_cos"] == pytest.approx(0.0)
-  assert bench.dictionary_recovery(eye[:1], eye[1:2]) == {"mean_max_cos": 0.0, "frac_recovered": 0.0}
+  assert metrics.dictionary_recovery(eye[:2], -eye[:2])["mean_max_cos"] == pytest.approx(0.0)
+  assert metrics.dictionary_recovery(eye[:1], eye[1:2]) == {"mean_max_cos": 0.0, "frac_recovered": 0.0}
   # Half the atoms found exactly, the other half at 45 degrees.
   learned = np.stack([eye[0], eye[1], (eye[2] + eye[4]) / np.sqrt(2), (eye[3] + eye[4]) / np.sqrt(2)])
-  rec = bench.dictionary_recovery(eye[:4], learned)
+  rec = metrics.dictionary_recovery(eye[:4], learned)
   assert rec["mean_max_cos"] == pytest.approx((2 + 2 / np.sqrt(2)) / 4)
   assert rec["frac_recovered"] == 0.5
 
 
 def test_class_means_and_increasing():
-  means = bench.class_means([1.0, 3.0, 5.0, 6.0, 10.0], [2, 2, 4, 4, 16])
+  means = metrics.class_means([1.0, 3.0, 5.0, 6.0, 10.0], [2, 2, 4, 4, 16])
   assert means == {"2": 2.0, "4": 5.5, "16": 10.0}
-  assert bench.increasing(means)
-  assert not bench.increasing({"2": 2.0, "4": 1.0})
+  assert metrics.increasing(means)
+  assert not metrics.increasing({"2": 2.0, "4": 1.0})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,7 +134,7 @@ def test_synthetic_tiny_outputs(tiny_run):
   r = res["mixture"]
   assert res["meta"]["kinds"] == ["mixture"] and res["meta"]["seed"] == 1
   target, matched = r["target_k"], r["matched_k"]
-  assert target == bench.BENCH_PRESETS["tiny"]["k"]
+  assert target == protocols.BENCH_PRESETS["tiny"]["k"]
   assert matched == max(1, round(r["models"][f"softsae@k{target}"]["l0_mean"]))
   l0 = r["models"][f"softsae@k{target}"]["l0_mean"]
   expected = {f"softsae@k{target}", f"topk@k{target}", f"topk@k{matched}", f"batchtopk@k{matched}",
@@ -171,16 +189,21 @@ def test_bench_user_errors(tmp_path, capsys):
   assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "c")
 
 
-def test_pareto_tiny(tiny_run, tmp_path):
+def _pareto(tiny_run, tmp_path, *flags: str) -> tuple[str, str, dict]:
+  """Runs ``bench pareto`` on the tiny preset's mixture train set; returns (data, out, pareto.json)."""
   out, _ = tiny_run
   data = os.path.join(out, "data", "mixture", "train")
   pout = str(tmp_path / "pareto")
-  rc = cli.main(["bench", "pareto", "--data", data, "--out", pout, "--ks", "2,4", "--archs", "topk",
-                 "--steps", "10", "--batch-size", "64", "--quiet"])
+  rc = cli.main(["bench", "pareto", "--data", data, "--out", pout, *flags, "--batch-size", "64", "--quiet"])
   assert rc == 0
   for name in ("pareto.json", "pareto.md", "pareto.png"):
     assert os.path.getsize(os.path.join(pout, name)) > 0
-  res = json.load(open(os.path.join(pout, "pareto.json")))
+  with open(os.path.join(pout, "pareto.json")) as f:
+    return data, pout, json.load(f)
+
+
+def test_pareto_tiny(tiny_run, tmp_path):
+  data, pout, res = _pareto(tiny_run, tmp_path, "--ks", "2,4", "--archs", "topk", "--steps", "10")
   assert set(res["runs"]) == {"topk@k2", "topk@k4"}
   assert res["runs"]["topk@k4"]["l0_mean"] <= 4.0
   # Held-out split: the last 10% of the rows, copied in order.
@@ -189,3 +212,51 @@ def test_pareto_tiny(tiny_run, tmp_path):
   n_hold = round(0.1 * src.n_rows)
   assert (train.n_rows, held.n_rows) == (src.n_rows - n_hold, n_hold)
   np.testing.assert_array_equal(np.asarray(held.mmap(0)), np.asarray(src.mmap(0))[src.n_rows - n_hold:])
+
+
+# --------------------------------------------------------------------------------------------------
+# Pareto sweeps: k for the k-sparsified archs, the L0-setting coefficient for jumprelu and relu.
+
+
+def test_pareto_points_sweep_coefficients_not_k():
+  pts = protocols.pareto_points(["topk", "jumprelu", "relu"], [4, 8, 4], {"jumprelu": [3e-3, 1e-3], "relu": [1.0, 0.3]})
+  assert [p.name for p in pts] == ["topk@k4", "topk@k8", "jumprelu@l0c0.003", "jumprelu@l0c0.001", "relu@l1c1",
+                                   "relu@l1c0.3"]
+  assert [(p.k, p.field, p.coeff) for p in pts[1:3]] == [(8, None, None), (None, "l0_coeff", 3e-3)]
+  # The coefficient reaches the config; k stays the library default (it does not set their L0).
+  cfgs = [runs.make_config(p.arch, p.k, n_latents=64, steps=10, batch_size=8, seed=0, fields=p.fields) for p in pts]
+  assert [c.sae.l0_coeff for c in cfgs[2:4]] == [3e-3, 1e-3] and [c.sae.l1_coeff for c in cfgs[4:]] == [1.0, 0.3]
+  assert cfgs[2].sae.k == cfgs[4].sae.k == Config().sae.k and cfgs[1].sae.k == 8
+
+
+def test_pareto_coefficient_user_errors(tmp_path, capsys):
+  # The swept coefficient cannot also be --set: every run of the sweep would be the same.
+  out = tmp_path / "p"
+  assert cli.main(["bench", "pareto", "--data", str(tmp_path / "missing"), "--out", str(out), "--archs", "jumprelu",
+                   "--set", "sae.l0_coeff=0.1"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and "--l0-coeffs" in err[0]
+  assert not os.path.exists(out)
+  with pytest.raises(SystemExit) as e:
+    cli.main(["bench", "pareto", "--data", str(tmp_path), "--l0-coeffs", "1e-3,-1"])
+  assert e.value.code == 2
+  assert "--l0-coeffs: expected a comma-separated list of numbers >= 0" in capsys.readouterr().err
+
+
+def test_pareto_jumprelu_sweeps_its_coefficient(tiny_run, tmp_path):
+  _, pout, res = _pareto(tiny_run, tmp_path, "--archs", "topk,jumprelu", "--ks", "4,8", "--steps", "40")
+  coeffs = {"jumprelu@l0c0.003": 3e-3, "jumprelu@l0c0.001": 1e-3, "jumprelu@l0c0.0003": 3e-4}  # the default sweep
+  assert set(res["runs"]) == {"topk@k4", "topk@k8"} | set(coeffs)
+  assert res["meta"]["l0_coeffs"] == [3e-3, 1e-3, 3e-4] and "--l0-coeffs 0.003,0.001,0.0003" in res["meta"]["command"]
+  for name, c in coeffs.items():
+    m = res["runs"][name]
+    assert (m["arch"], m["k"], m["l0_coeff"]) == ("jumprelu", None, c)
+    with open(os.path.join(pout, "runs", name, "config.json")) as f:
+      assert json.load(f)["sae"]["l0_coeff"] == c
+  for k in (4, 8):
+    assert res["runs"][f"topk@k{k}"]["k"] == k and "l0_coeff" not in res["runs"][f"topk@k{k}"]
+  # Three different runs, not one run three times: a smaller coefficient gives a larger L0.
+  l0 = [res["runs"][name]["l0_mean"] for name in coeffs]
+  assert l0[0] < l0[1] < l0[2]
+  md = open(os.path.join(pout, "pareto.md")).read()
+  assert "| jumprelu@l0c0.001 | – | sae.l0_coeff=0.001 |" in md and "| topk | " in md and "| jumprelu | " in md
