@@ -24,8 +24,6 @@ from softsae_jax.archs import encode as encode
 from softsae_jax.archs import estimate_k as estimate_k
 from softsae_jax.archs import forward as forward
 from softsae_jax.archs import init_params as init_params
-from softsae_jax.evaluate import Model as Model
-from softsae_jax.evaluate import load as load
 from softsae_jax.sae import decode as decode
 from softsae_jax.topk import hard_topk as hard_topk
 from softsae_jax.topk import hard_topk_mask as hard_topk_mask
@@ -38,3 +36,15 @@ from softsae_jax.types import Params as Params
 from softsae_jax.types import TrainState as TrainState
 
 __version__ = "0.1.0"
+
+_LAZY = {"load": "softsae_jax.evaluate", "Model": "softsae_jax.evaluate"}
+
+
+def __getattr__(name: str):
+  """``load`` and ``Model`` (the inference engine) import orbax: re-exported lazily, so that
+  ``import softsae_jax`` (and ``softsae --help``) stays light."""
+  if name in _LAZY:
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'softsae_jax' has no attribute {name!r}")
