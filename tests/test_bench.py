@@ -126,6 +126,7 @@ def tiny_run(tmp_path_factory):
     return out, json.load(f)
 
 
+@pytest.mark.slow
 def test_synthetic_tiny_outputs(tiny_run):
   out, res = tiny_run
   for name in ("results.json", "results.md", "mixture_fvu_l0.png", "mixture_k_by_class.png", "mixture_l0_hist.png"):
@@ -164,6 +165,7 @@ def test_synthetic_tiny_outputs(tiny_run):
   assert os.path.isfile(os.path.join(out, "data", "mixture", "test", "atoms.npy"))
 
 
+@pytest.mark.slow
 def test_synthetic_rerun_reuses_runs_and_reproduces(tiny_run, capsys):
   out, res = tiny_run
   assert cli.main(["bench", "synthetic", "--preset", "tiny", "--kind", "mixture", "--seed", "1", "--out", out,
@@ -202,6 +204,7 @@ def _pareto(tiny_run, tmp_path, *flags: str) -> tuple[str, str, dict]:
     return data, pout, json.load(f)
 
 
+@pytest.mark.slow
 def test_pareto_tiny(tiny_run, tmp_path):
   data, pout, res = _pareto(tiny_run, tmp_path, "--ks", "2,4", "--archs", "topk", "--steps", "10")
   assert set(res["runs"]) == {"topk@k2", "topk@k4"}
@@ -243,6 +246,7 @@ def test_pareto_coefficient_user_errors(tmp_path, capsys):
   assert "--l0-coeffs: expected a comma-separated list of numbers >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pareto_jumprelu_sweeps_its_coefficient(tiny_run, tmp_path):
   _, pout, res = _pareto(tiny_run, tmp_path, "--archs", "topk,jumprelu", "--ks", "4,8", "--steps", "40")
   coeffs = {"jumprelu@l0c0.003": 3e-3, "jumprelu@l0c0.001": 1e-3, "jumprelu@l0c0.0003": 3e-4}  # the default sweep

@@ -223,6 +223,7 @@ def minilm():
   return path
 
 
+@pytest.mark.slow
 def test_minilm_layer3_equals_hidden_states(minilm, tmp_path):
   docs = _topics(3, start=10, max_chars=700)
   jsonl = tmp_path / "docs.jsonl"
@@ -351,6 +352,7 @@ def _cli_env():
   return env
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(tiny_gpt2, tmp_path):
   text_file = tmp_path / "long.txt"
   text_file.write_text("\n".join(_topics(12, start=40, max_chars=400)), encoding="utf-8")

@@ -3,7 +3,6 @@ bad input's one-line error, and a good run left intact by a failed one."""
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -58,6 +57,7 @@ def trained(data, tmp_path_factory):
   return wd
 
 
+@pytest.mark.slow
 def test_train_writes_workdir_and_fvu_falls(trained):
   m = read_metrics(trained)
   assert [r["step"] for r in m] == [20, 40, 60, 80, 100, 120]
@@ -68,6 +68,7 @@ def test_train_writes_workdir_and_fvu_falls(trained):
   assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) >= ["100", "120"]
 
 
+@pytest.mark.slow
 def test_eval_and_encode_roundtrip(trained, data, tmp_path, capsys):
   out = tmp_path / "eval.json"
   assert run_cli("eval", "--workdir", trained, "--data", data, "--out", out) == 0
@@ -97,12 +98,14 @@ def test_eval_and_encode_roundtrip(trained, data, tmp_path, capsys):
   assert manifest["format"] == "softsae-codes/1" and manifest["n_rows"] == 12000
 
 
+@pytest.mark.slow
 def test_finished_run_says_so(trained, data, capsys):
   assert run_cli("train", "--data", data, "--workdir", trained, *COMMON, "--set", "train.steps=120",
                  "--set", "train.log_every=20", "--set", "train.checkpoint_every=50") == 0
   assert "already finished at step 120" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka", "relu", "jumprelu"])
 def test_every_arch_trains_and_evaluates(arch, data, tmp_path):
   wd = str(tmp_path / arch)
@@ -141,7 +144,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_exact(data, tmp_path, test_se
   deadline = time.time() + 300
   while time.time() < deadline and not (os.path.isdir(ck) and any(n.isdigit() for n in os.listdir(ck))):
     time.sleep(0.05)
-  time.sleep(rng.uniform(0.0, 1.5))
+  time.sleep(float(rng.uniform(0.0, 1.5)))  # seeded: see the test's captured output / SOFTSAE_TEST_SEED
   p.send_signal(signal.SIGKILL)
   p.wait()
   steps_at_kill = sorted(int(n) for n in os.listdir(ck) if n.isdigit())
@@ -184,6 +187,7 @@ def _bad_data(tmp_path, data, how):
   return str(d)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,args,pattern", [
     ("missing data", ["--data", "{tmp}/nowhere"], r"error: data directory .*nowhere does not exist"),
     ("no manifest", ["--data", "{bad:nomanifest}"], r"error: .*manifest.json not found"),
@@ -231,6 +235,7 @@ def test_nan_rows_named_one_line(data, tmp_path, capsys):
   assert run_cli("eval", "--workdir", tmp_path / "wd", "--data", bad) == 1
 
 
+@pytest.mark.slow
 def test_nan_rows_skipped_and_counted(data, tmp_path):
   bad = _bad_data(tmp_path, data, "nan")
   wd = str(tmp_path / "skip")
@@ -243,6 +248,7 @@ def test_nan_rows_skipped_and_counted(data, tmp_path):
   assert res["n_skipped"] == 5000 and res["n_samples"] == 7000
 
 
+@pytest.mark.slow
 def test_eval_and_encode_on_other_width_or_missing_workdir(trained, data, tmp_path, capsys):
   other = tmp_path / "other"
   w = ShardWriter(str(other), D + 1, "float32")
@@ -256,6 +262,7 @@ def test_eval_and_encode_on_other_width_or_missing_workdir(trained, data, tmp_pa
   assert "nowork does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_changed_config_on_existing_workdir_is_refused(trained, data, capsys):
   assert run_cli("train", "--data", data, "--workdir", trained, *COMMON, "--set", "train.steps=200") == 1
   err = capsys.readouterr().err

@@ -85,6 +85,7 @@ def _token_spans(page):
   return spans
 
 
+@pytest.mark.slow
 def test_report_is_self_contained_with_all_sections(runs):
   page = runs["html"]
   assert not re.search(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', page, re.I)
@@ -100,6 +101,7 @@ def test_report_is_self_contained_with_all_sections(runs):
   assert "FVU" in page and "mean k̂" in page and "k̂ 5–50–95%" in page
 
 
+@pytest.mark.slow
 def test_passage_tokens_match_the_model_and_the_vocab(runs):
   page = runs["html"]
   spans = _token_spans(page)
@@ -142,6 +144,7 @@ def test_passage_tokens_match_the_model_and_the_vocab(runs):
   assert re.search(r'<div class="ticks"><span style="left:[\d.]+%">[\d.]+</span>', legend)
 
 
+@pytest.mark.slow
 def test_top_contexts(runs):
   page = runs["html"]
   cards = page.split('<div class="lc">')[1:]
@@ -154,6 +157,7 @@ def test_top_contexts(runs):
     assert card.count('<span class="c">') == len(ctx)
 
 
+@pytest.mark.slow
 def test_topk_report_without_text_default_out(runs, tmp_path):
   data = _write_data(tmp_path / "plain", with_text=False)
   path = report.build_report(runs["topk"], data, None, max_rows=300)
@@ -184,6 +188,7 @@ def test_display_vocab_word_pieces():
   assert report.display_vocab([" the", "cat", "\n"]) == [" the", "cat", "\n"]  # already display strings
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(runs, tmp_path, capsys, monkeypatch):
   with pytest.raises(CheckpointError, match="does not exist"):
     report.build_report(str(tmp_path / "nope"), runs["data"], str(tmp_path / "r.html"))
@@ -211,6 +216,7 @@ def test_errors_are_one_line(runs, tmp_path, capsys, monkeypatch):
   assert not (tmp_path / "r.html").exists()
 
 
+@pytest.mark.slow
 def test_nonfinite_rows(runs, tmp_path):
   data = str(tmp_path / "nan")
   shutil.copytree(runs["data"], data)
@@ -227,6 +233,7 @@ def test_nonfinite_rows(runs, tmp_path):
   assert "199 of" in page and "1 non-finite skipped" in page
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
 def test_report_renders_in_headless_chromium(runs, tmp_path):

@@ -98,6 +98,7 @@ def test_abstract_init_and_optimizer_from_shapes():
   assert jax.tree.structure(opt_abstract) == jax.tree.structure(abstract.opt_state)
 
 
+@pytest.mark.slow
 def test_step_on_8_devices_keeps_shardings_and_does_not_retrace():
   """make_train_step itself: a second step reuses the compiled function, and the state comes back
   with the shardings the rule table gives it (the state initialised directly sharded)."""
@@ -148,6 +149,7 @@ def _changed(a: Params, b: Params):
   return {str(path[-1].name): bool(jnp.any(x != y)) for (path, x), y in zip(flat_a, flat_b)}
 
 
+@pytest.mark.slow
 def test_hard_phase_freezes_encoder_and_estimator_without_dead_latents():
   # H = 50 of T = 100: steps 51.. are hard. Start the state at step 60.
   cfg = make_cfg(**{"train.hard_frac": 0.5, "train.lr": 1e-2, "train.warmup_frac": 0.0,
@@ -174,6 +176,7 @@ def test_hard_phase_freezes_encoder_and_estimator_without_dead_latents():
   assert float(m.sparsity_loss) == 0.0
 
 
+@pytest.mark.slow
 def test_hard_phase_updates_encoder_when_auxk_has_dead_latents():
   cfg = make_cfg(**{"train.hard_frac": 0.5, "train.lr": 1e-2, "train.warmup_frac": 0.0, "sae.dead_tokens": 0})
   tx = make_optimizer(cfg)
@@ -188,6 +191,7 @@ def test_hard_phase_updates_encoder_when_auxk_has_dead_latents():
   assert float(m.aux_loss) > 0
 
 
+@pytest.mark.slow
 def test_hard_phase_unfrozen_trains_encoder_through_topk():
   cfg = make_cfg(**{"train.hard_frac": 0.5, "train.lr": 1e-2, "train.warmup_frac": 0.0,
                     "sae.dead_tokens": 10**9, "train.hard_freeze": False})
@@ -199,6 +203,7 @@ def test_hard_phase_unfrozen_trains_encoder_through_topk():
   assert _changed(state.params, new.params)["w_enc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", config_lib.ARCHS)
 def test_loss_decreases_and_decoder_stays_unit_norm(arch):
   cfg = make_cfg(**{"sae.arch": arch, "train.lr": 3e-3, "train.warmup_frac": 0.0, "train.hard_frac": 0.0,
@@ -217,6 +222,7 @@ def test_loss_decreases_and_decoder_stays_unit_norm(arch):
   np.testing.assert_allclose(np.linalg.norm(state.params.w_dec, axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_nonfinite_rows_are_masked():
   cfg = make_cfg(**{"sae.arch": "topk"})
   tx = make_optimizer(cfg)
