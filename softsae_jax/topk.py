@@ -438,21 +438,28 @@ def _candidate_count(max_k: int | None, num_f: int) -> int | None:
 
 
 def _soft_topk_fwd_impl(x_BF, k_B, alpha, num_m):
-  num_f = x_BF.shape[1]
-  valid_alpha = alpha > 0
-  inv_a = jnp.where(valid_alpha, 1.0 / alpha, jnp.nan).astype(x_BF.dtype)
+  inv_a = _inv_alpha(alpha, x_BF.dtype)
   if num_m is None:
     sol, sparse = _full_solution(x_BF, k_B, inv_a), None
   else:
     sol, index_BM, sparse_grad, rel_sum_complete = _fast_solution(x_BF, k_B, inv_a, num_m)
     sparse = (index_BM, sparse_grad, rel_sum_complete)
-  # Rows outside 0 < k < F: constant 0 or 1; NaN in x, k or alpha: NaN (scale NaN reaches every entry).
+  sol = _finish_solution(sol, k_B, alpha, x_BF.shape[1])
+  return _weights(x_BF, sol, inv_a), (x_BF, sol, inv_a, sparse)
+
+
+def _inv_alpha(alpha, dtype):
+  return jnp.where(alpha > 0, 1.0 / alpha, jnp.nan).astype(dtype)
+
+
+def _finish_solution(sol: _Solution, k_B, alpha, num_f: int) -> _Solution:
+  """Rows outside 0 < k < F: constant 0 or 1; NaN in x, k or alpha: NaN (scale NaN reaches every entry)."""
   zeros_B = k_B <= 0
   ones_B = k_B >= num_f
   flat_B = zeros_B | ones_B
-  bad_B = jnp.isnan(k_B) | ~valid_alpha | jnp.isnan(sol.beta_B)
+  bad_B = jnp.isnan(k_B) | ~(alpha > 0) | jnp.isnan(sol.beta_B)
   zero_B = jnp.zeros_like(k_B)
-  sol = sol._replace(
+  return sol._replace(
       anchor_B=jnp.where(flat_B, zero_B, sol.anchor_B),
       beta_B=jnp.where(flat_B, zero_B, sol.beta_B),
       tmin_B=jnp.where(sol.grad_on_B & ~flat_B, sol.tmin_B, zero_B),
@@ -461,9 +468,12 @@ def _soft_topk_fwd_impl(x_BF, k_B, alpha, num_m):
       scale_B=jnp.where(bad_B & ~flat_B, jnp.nan, jnp.where(flat_B, 0.0, sol.scale_B)),
       grad_on_B=sol.grad_on_B & ~flat_B,
   )
-  # w = offset + scale * L(t) with L(t) = e/2 + H(t) (1 - e), e = exp(-|t|), H the unit step
-  # (min(max(t * huge, 0), 1) is exact wherever it matters: for |t| < 1/huge, 1 - e = 0). One exp, no
-  # select, so XLA can fuse it into a consumer's reduction; tiny weights keep full relative precision.
+
+
+def _weights(x_BF, sol: _Solution, inv_a):
+  """w = offset + scale * L(t) with L(t) = e/2 + H(t) (1 - e), e = exp(-|t|), H the unit step
+  (min(max(t * huge, 0), 1) is exact wherever it matters: for |t| < 1/huge, 1 - e = 0). One exp, no
+  select, so XLA can fuse it into a consumer's reduction; tiny weights keep full relative precision."""
   zero_B, one_B, half_B, huge_B, inv_a_B, anchor_B, beta_B, offset_B, scale_B = _pass_vectors(
       sol.tmin_B, 0.0, 1.0, 0.5, float(jnp.finfo(x_BF.dtype).max) / 4, inv_a, sol.anchor_B,
       sol.beta_B, sol.offset_B, sol.scale_B)
@@ -471,8 +481,7 @@ def _soft_topk_fwd_impl(x_BF, k_B, alpha, num_m):
   e_BF = jnp.exp(jnp.minimum(t_BF, -t_BF))
   step_BF = jnp.minimum(jnp.maximum(t_BF * huge_B[:, None], zero_B[:, None]), one_B[:, None])
   cdf_BF = half_B[:, None] * e_BF + step_BF * (one_B[:, None] - e_BF)
-  w_BF = offset_B[:, None] + scale_B[:, None] * cdf_BF
-  return w_BF, (x_BF, sol, inv_a, sparse)
+  return offset_B[:, None] + scale_B[:, None] * cdf_BF
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -488,10 +497,7 @@ def _soft_topk_rows_bwd(num_m, res, v_BF):
   """Implicit differentiation of sum_j L((x_j - b)/a) = k (LapSum, docs/method.md §1.5)."""
   del num_m
   x_BF, sol, inv_a, sparse = res
-  nan_B = jnp.isnan(sol.scale_B)
-  # q = exp(-|t|) / (2a), the Laplace density at the solution, is evaluated as exp(log_scale - |t|);
-  # rows without gradient get q = 0 (log_scale -inf), NaN rows NaN.
-  log_scale_B = jnp.where(sol.grad_on_B, jnp.log(0.5 * inv_a), jnp.where(nan_B, jnp.nan, -jnp.inf))
+  log_scale_B = _log_scale(sol, inv_a)
   v_pivot_B = jnp.take_along_axis(v_BF, sol.pivot_B[:, None], axis=1)[:, 0]
   args = (x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B)
   if sparse is None:
@@ -500,11 +506,18 @@ def _soft_topk_rows_bwd(num_m, res, v_BF):
     index_BM, sparse_grad, rel_sum_complete = sparse
     dx_BF, slope_B, da = lax.cond(sparse_grad, lambda: _vjp_candidates(*args, index_BM),
                                   lambda: _vjp_dense(*args, rel_sum_complete=rel_sum_complete))
-  dk_B = jnp.where(sol.grad_on_B | nan_B, slope_B, 0.0)
+  dk_B = jnp.where(sol.grad_on_B | jnp.isnan(sol.scale_B), slope_B, 0.0)
   return dx_BF, dk_B.astype(x_BF.dtype), da.astype(inv_a.dtype)
 
 
-def _vjp_dense(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B, rel_sum_complete=None):
+def _log_scale(sol: _Solution, inv_a):
+  """log of the Laplace density's scale 1/(2a): q = exp(-|t|) / (2a) is evaluated as
+  exp(log_scale - |t|); rows without gradient get q = 0 (log_scale -inf), NaN rows NaN."""
+  nan_B = jnp.isnan(sol.scale_B)
+  return jnp.where(sol.grad_on_B, jnp.log(0.5 * inv_a), jnp.where(nan_B, jnp.nan, -jnp.inf))
+
+
+def _vjp_dense(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B, rel_sum_complete=None, row_sum=None):
   """dL/dx, S = dL/dk and dL/da with two passes over [B, F]: a row reduction, then dx (plus one
   more reduction for the density total when the forward skipped the tail pass)."""
   # S = sum v q / sum q from densities relative to the largest one (exponents <= 0, the largest term
@@ -525,7 +538,9 @@ def _vjp_dense(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B, rel_sum_complete=
         rel_sum_complete, lambda: sol.rel_sum_B,
         lambda: jnp.sum(jnp.exp(tmin_0_B[:, None] - jnp.abs(
             _laplace_t(x_BF, anchor_0_B, beta_0_B, inv_a_0_B))), axis=1))
-  offset_B = jnp.sum(rel_BF * (v_BF - v_pivot_1_B[:, None]), axis=1) / rel_sum_B
+  # ``row_sum``: a latent-sharded caller sums each row over its shards (softsae_jax.parallel).
+  row_sum = (lambda a_BF: jnp.sum(a_BF, axis=1)) if row_sum is None else row_sum
+  offset_B = row_sum(rel_BF * (v_BF - v_pivot_1_B[:, None])) / rel_sum_B
   slope_B = v_pivot_B + offset_B  # S = dL/dk
   # Pass 2: dL/dx = q (v - S).
   inv_a_B, anchor_B, beta_B, log_scale_B, v_pivot_2_B, offset_B = _pass_vectors(
