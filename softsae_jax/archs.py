@@ -7,14 +7,16 @@ Every architecture shares the building blocks of :mod:`softsae_jax.sae` (ReLU en
 * ``init_extra(keys, w_enc_DF, cfg)``: its own parameters, the optional ``Params.extra`` subtree
   (``None`` when it has none);
 * ``init_state(cfg)``: its own non-trained state, ``TrainState.arch_state`` (``None`` when none);
-* ``train_terms(params, x_BD, valid_B, sched, cfg)``: the training-mode forward pass and its loss
-  terms, a :class:`Terms`;
-* ``infer(params, arch_state, x_BD, cfg)``: the inference rule, ``(acts_BF, k_B)``;
+* ``train_terms(params, x_BD, valid_B, sched, cfg, mesh)``: the training-mode forward pass and its
+  loss terms, a :class:`Terms`;
+* ``infer(params, arch_state, x_BD, cfg, mesh)``: the inference rule, ``(acts_BF, k_B)``;
 * ``update_state(arch_state, step, acts_BF, valid_B, cfg)``: the post-step update of its state;
 * ``frozen(sched, any_dead, params, cfg)``: which parameters the optimizer must leave untouched this
   step (a Params-shaped bool tree), or ``None``.
 
-``train.py`` and ``evaluate.py`` only look the entry up; they never branch on the arch's name.
+``train.py`` and ``evaluate.py`` only look the entry up; they never branch on the arch's name. Every
+selection goes through :mod:`softsae_jax.parallel`, which runs it shard-local when ``mesh`` splits
+the latents over its 'model' axis (``mesh`` None: one device's view).
 Adding an architecture means writing these functions and one :data:`ARCHS` entry here, adding its
 name to ``config.ARCHS`` (and its hyper-parameters, if any, to ``SaeConfig``), plus its tests.
 
@@ -43,11 +45,9 @@ import jax
 import jax.numpy as jnp
 
 from softsae_jax import config as config_lib
-from softsae_jax import losses
+from softsae_jax import losses, parallel
 from softsae_jax.config import Config, SaeConfig
-from softsae_jax.sae import (affine, batch_topk, decode, init_core, pre_acts, scatter_codes, sparse_decode,
-                             topk_sparse)
-from softsae_jax.topk import hard_topk, soft_topk
+from softsae_jax.sae import affine, decode, init_core, pre_acts
 from softsae_jax.types import Codes, JumpThreshold, KEstimator, Params
 
 
@@ -107,13 +107,10 @@ def _dense_terms(params, x_BD, valid_B, acts_BF, pre_BF, cfg, sparsity=_ZERO, k_
                losses.recon_loss(x_BD, recon_BD, valid_B), jnp.asarray(sparsity, jnp.float32))
 
 
-def _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, max_k, cfg, *, stop=False) -> Terms:
+def _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, max_k, mesh, *, stop=False) -> Terms:
   """The floor(k_B) largest activations per row, decoded sparsely (B*K*D work)."""
-  vals_BK, idx_BK = topk_sparse(pre_BF, k_B, max_k)
-  if stop:
-    vals_BK = jax.lax.stop_gradient(vals_BK)
-  recon_BD = sparse_decode(params.w_dec, idx_BK, vals_BK) + params.b_dec[None, :]
-  acts_BF = scatter_codes(vals_BK, idx_BK, cfg.F)  # for statistics: the training loss never reads it
+  dec_BD, acts_BF = parallel.topk_decode(pre_BF, k_B, max_k, params.w_dec, mesh, stop=stop)
+  recon_BD = dec_BD + params.b_dec[None, :]
   return Terms(recon_BD, acts_BF, pre_BF, k_B, losses.recon_loss(x_BD, recon_BD, valid_B),
                jnp.zeros((), jnp.float32))
 
@@ -143,18 +140,18 @@ def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig) -> jax.Array:
   return jnp.clip(cfg.kmax * jax.nn.sigmoid(logit_B), 1.0, float(cfg.F))
 
 
-def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig) -> Codes:
+def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig, mesh=None) -> Codes:
   pre_BF = pre_acts(params, x_BD, cfg)
   k_B = estimate_k(params, x_BD, cfg)
   scores_BF = pre_BF if cfg.soft_grad == "faithful" else jax.lax.stop_gradient(pre_BF)
-  return Codes(pre_BF, pre_BF * soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax), k_B)
+  return Codes(pre_BF, pre_BF * parallel.soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax, mesh=mesh), k_B)
 
 
-def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config) -> Terms:
+def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) -> Terms:
   sae = cfg.sae
 
   def soft(_):
-    codes = _softsae_soft_codes(params, x_BD, sched.alpha, sae)
+    codes = _softsae_soft_codes(params, x_BD, sched.alpha, sae, mesh)
     k_loss = losses.k_budget_loss(codes.k_B, sched.k_budget, sae.k_loss_beta, valid_B)
     return _dense_terms(params, x_BD, valid_B, codes.acts_BF, codes.pre_BF, sae,
                         sparsity=sae.k_loss_weight * k_loss, k_B=codes.k_B)
@@ -162,15 +159,19 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config) -> Terms
   def hard_phase(_):
     pre_BF = pre_acts(params, x_BD, sae)
     k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae))
-    return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, sae, stop=cfg.train.hard_freeze)
+    return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, mesh, stop=cfg.train.hard_freeze)
 
-  return jax.lax.cond(sched.hard, hard_phase, soft, None)
+  if mesh is None:
+    return jax.lax.cond(sched.hard, hard_phase, soft, None)
+  # Latent-sharded: both phases hold collectives, and a cond whose two branches both do was seen to
+  # deadlock on XLA:CPU (the shards wait in different collectives); evaluate both and select instead.
+  return jax.tree.map(lambda h, s: jnp.where(sched.hard, h, s), hard_phase(None), soft(None))
 
 
-def _softsae_infer(params, arch_state, x_BD, cfg: SaeConfig):
+def _softsae_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
   del arch_state
   k_B = estimate_k(params, x_BD, cfg)
-  return hard_topk(pre_acts(params, x_BD, cfg), jnp.floor(k_B), max_k=cfg.kmax), k_B
+  return parallel.topk_acts(pre_acts(params, x_BD, cfg), jnp.floor(k_B), cfg.kmax, mesh), k_B
 
 
 def _softsae_frozen(sched: Schedule, any_dead, params: Params, cfg: Config):
@@ -186,25 +187,25 @@ def _softsae_frozen(sched: Schedule, any_dead, params: Params, cfg: Config):
 # ------------------------------------------------------------------------------------- fixed k
 
 
-def _topk_terms(params, x_BD, valid_B, sched, cfg: Config) -> Terms:
+def _topk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   k_B = jnp.full(x_BD.shape[:1], float(cfg.sae.k))
-  return _sparse_topk_terms(params, x_BD, valid_B, pre_acts(params, x_BD, cfg.sae), k_B, cfg.sae.k, cfg.sae)
+  return _sparse_topk_terms(params, x_BD, valid_B, pre_acts(params, x_BD, cfg.sae), k_B, cfg.sae.k, mesh)
 
 
-def _topk_infer(params, arch_state, x_BD, cfg: SaeConfig):
+def _topk_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
   k_B = jnp.full(x_BD.shape[:1], float(cfg.k), jnp.float32)
-  acts_BF = hard_topk(pre_acts(params, x_BD, cfg), k_B, max_k=cfg.k)
+  acts_BF = parallel.topk_acts(pre_acts(params, x_BD, cfg), k_B, cfg.k, mesh)
   return acts_BF, _count(acts_BF)
 
 
-def _batchtopk_terms(params, x_BD, valid_B, sched, cfg: Config) -> Terms:
+def _batchtopk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
-  return _dense_terms(params, x_BD, valid_B, batch_topk(pre_BF, cfg.sae.k), pre_BF, cfg.sae)
+  return _dense_terms(params, x_BD, valid_B, parallel.batch_topk(pre_BF, cfg.sae.k, mesh), pre_BF, cfg.sae)
 
 
-def _matryoshka_terms(params, x_BD, valid_B, sched, cfg: Config) -> Terms:
+def _matryoshka_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
-  acts_BF = batch_topk(pre_BF, cfg.sae.k)
+  acts_BF = parallel.batch_topk(pre_BF, cfg.sae.k, mesh)
   main, recon_BD = losses.matryoshka_loss(params, x_BD, acts_BF, cfg.sae.group_sizes(), valid_B)
   return Terms(recon_BD, acts_BF, pre_BF, _count(acts_BF), main, jnp.zeros((), jnp.float32))
 
@@ -213,7 +214,7 @@ def _threshold_init(cfg: SaeConfig):
   return jnp.asarray(-1.0, jnp.float32)  # < 0: not yet set
 
 
-def _threshold_infer(params, threshold, x_BD, cfg: SaeConfig):
+def _threshold_infer(params, threshold, x_BD, cfg: SaeConfig, mesh):
   pre_BF = pre_acts(params, x_BD, cfg)
   acts_BF = jnp.where(pre_BF > threshold, pre_BF, 0.0)
   return acts_BF, _count(acts_BF)
@@ -238,13 +239,13 @@ def _threshold_update(threshold, step, acts_BF, valid_B, cfg: Config):
 # ------------------------------------------------------------------------------------------ relu
 
 
-def _relu_terms(params, x_BD, valid_B, sched, cfg: Config) -> Terms:
+def _relu_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   pre_BF = pre_acts(params, x_BD, cfg.sae)
   l1 = losses.l1_penalty(pre_BF, params.w_dec, valid_B)
   return _dense_terms(params, x_BD, valid_B, pre_BF, pre_BF, cfg.sae, sparsity=cfg.sae.l1_coeff * l1)
 
 
-def _relu_infer(params, arch_state, x_BD, cfg: SaeConfig):
+def _relu_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
   acts_BF = pre_acts(params, x_BD, cfg)
   return acts_BF, _count(acts_BF)
 
@@ -303,7 +304,7 @@ def _jumprelu_init(keys, w_enc_DF, cfg: SaeConfig) -> JumpThreshold:
   return JumpThreshold(threshold=jnp.full((cfg.F,), cfg.jumprelu_init_threshold, jnp.float32))
 
 
-def _jumprelu_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config) -> Terms:
+def _jumprelu_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) -> Terms:
   sae = cfg.sae
   theta_F = params.extra.threshold
   pre_BF = pre_acts(params, x_BD, sae)
@@ -313,7 +314,7 @@ def _jumprelu_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config) -> Term
   return _dense_terms(params, x_BD, valid_B, acts_BF, pre_BF, sae, sparsity=sched.l0_coeff * l0)
 
 
-def _jumprelu_infer(params, arch_state, x_BD, cfg: SaeConfig):
+def _jumprelu_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
   pre_BF = pre_acts(params, x_BD, cfg)
   acts_BF = jnp.where(pre_BF > params.extra.threshold[None, :], pre_BF, 0.0)
   return acts_BF, _count(acts_BF)
@@ -364,7 +365,7 @@ def init_arch_state(cfg: SaeConfig):
 
 
 def encode(params: Params, x_BD: jax.Array, cfg: SaeConfig, *, train: bool = False,
-           alpha: jax.Array | float | None = None, arch_state: Any = None) -> Codes:
+           alpha: jax.Array | float | None = None, arch_state: Any = None, mesh=None) -> Codes:
   """Encodes normalised rows.
 
   Args:
@@ -376,6 +377,7 @@ def encode(params: Params, x_BD: jax.Array, cfg: SaeConfig, *, train: bool = Fal
       ``arch_state`` threshold; JumpReLU: its per-latent threshold).
     alpha: soft top-k Laplace scale, required for ``softsae`` with ``train=True``.
     arch_state: the arch's trained state (``TrainState.arch_state``): BatchTopK/Matryoshka's threshold.
+    mesh: a mesh whose 'model' axis splits the latents (selections then run shard-local), or None.
 
   Returns:
     Codes(pre_BF, acts_BF, k_B): ``k_B`` is k-hat for SoftSAE, the per-row count of active latents
@@ -393,16 +395,16 @@ def encode(params: Params, x_BD: jax.Array, cfg: SaeConfig, *, train: bool = Fal
   if not train:
     if cfg.arch in ("batchtopk", "matryoshka") and arch_state is None:
       raise ValueError(f"Expected an inference threshold (arch_state) for {cfg.arch}, got None")
-    acts_BF, k_B = get(cfg.arch).infer(params, arch_state, x_BD, cfg)
+    acts_BF, k_B = get(cfg.arch).infer(params, arch_state, x_BD, cfg, mesh)
     return Codes(pre_acts(params, x_BD, cfg), acts_BF, k_B)
   if cfg.arch == "softsae":
     if alpha is None:
       raise ValueError("Expected alpha for softsae training-mode encode, got None")
-    return _softsae_soft_codes(params, x_BD, alpha, cfg)
+    return _softsae_soft_codes(params, x_BD, alpha, cfg, mesh)
   full = Config(sae=cfg, train=config_lib.TrainConfig(steps=1))  # train_terms reads cfg.train only in
   # SoftSAE's hard phase, which this never enters
   sched = Schedule(jnp.float32(cfg.k), jnp.float32(cfg.alpha), jnp.asarray(False), jnp.float32(cfg.l0_coeff))
-  terms = get(cfg.arch).train_terms(params, x_BD, jnp.ones(x_BD.shape[:1], jnp.float32), sched, full)
+  terms = get(cfg.arch).train_terms(params, x_BD, jnp.ones(x_BD.shape[:1], jnp.float32), sched, full, mesh)
   return Codes(terms.pre_BF, terms.acts_BF, terms.k_B)
 
 

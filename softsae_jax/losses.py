@@ -9,7 +9,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from softsae_jax.sae import scatter_codes
 from softsae_jax.types import Params
 
 
@@ -38,25 +37,26 @@ def k_budget_loss(k_B, budget, beta, valid_B):
   return jax.nn.softplus(beta * delta) / beta
 
 
-def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B):
+def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=None):
   """AuxK: reconstruct the residual from the k_aux largest activations of dead latents.
 
   ``pre_BF`` are post-ReLU activations before top-k; ``err_BD`` the residual x - recon (its
   gradient is stopped here). k_aux is static; when fewer latents are dead, only the first
   ``n_dead`` ranks count (a mask, not a shape). Normalised by the residual's total variance;
   0 when nothing is dead (and then not computed at all), NaN mapped to 0 (docs/method.md §3.2).
+  With a mesh splitting the latents the selection is shard-local (:mod:`softsae_jax.parallel`).
   """
+  from softsae_jax import parallel
+
   err_BD = jax.lax.stop_gradient(err_BD)
   n_dead = dead_F.sum()
 
   def compute(_):
     masked_BF = jnp.where(dead_F[None, :], pre_BF, -jnp.inf)
-    vals_BK, idx_BK = jax.lax.top_k(masked_BF, k_aux)
-    keep_K = jnp.arange(k_aux) < n_dead
-    vals_BK = jnp.where(keep_K[None, :] & jnp.isfinite(vals_BK), vals_BK, 0.0)
-    # Decode without b_dec. Dense (scatter, then one matmul): k_aux is D/2, so gathering k_aux
-    # decoder rows per row would materialise B*k_aux*D floats.
-    aux_BD = scatter_codes(vals_BK, idx_BK, pre_BF.shape[1]) @ params.w_dec
+    count_B = jnp.full(pre_BF.shape[:1], jnp.minimum(n_dead, k_aux), jnp.float32)
+    # Decoded dense (scatter, then one matmul): k_aux is D/2, so gathering k_aux decoder rows per
+    # row would materialise B*k_aux*D floats.
+    aux_BD, _ = parallel.topk_decode(masked_BF, count_B, k_aux, params.w_dec, mesh, dense_decode=True)
     n = _n(valid_B)
     num = jnp.sum(jnp.sum(jnp.square(err_BD - aux_BD), axis=1) * valid_B) / n
     mean_D = jnp.sum(err_BD * valid_B[:, None], axis=0) / n

@@ -112,16 +112,21 @@ def init_sharded(key: jax.Array, cfg: Config, tx: optax.GradientTransformation, 
   return fn(key, jnp.asarray(b_dec_D, jnp.float32), jnp.asarray(norm_factor, jnp.float32))
 
 
-def _loss_fn(params: Params, x_BD, valid_B, dead_F, sched: archs.Schedule, cfg: Config):
+def _loss_fn(params: Params, x_BD, valid_B, dead_F, sched: archs.Schedule, cfg: Config, mesh=None):
   """Scalar loss and the arch's terms and AuxK for one batch: main + sparsity + auxk_alpha * AuxK."""
-  terms = archs.get(cfg.sae.arch).train_terms(params, x_BD, valid_B, sched, cfg)
-  aux = losses.auxk_loss(params, terms.pre_BF, x_BD - terms.recon_BD, dead_F, cfg.sae.k_aux, valid_B)
+  terms = archs.get(cfg.sae.arch).train_terms(params, x_BD, valid_B, sched, cfg, mesh)
+  aux = losses.auxk_loss(params, terms.pre_BF, x_BD - terms.recon_BD, dead_F, cfg.sae.k_aux, valid_B, mesh)
   return terms.main + terms.sparsity + cfg.sae.auxk_alpha * aux, (terms, aux)
 
 
 def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: Config,
-               tx: optax.GradientTransformation) -> tuple[TrainState, Metrics]:
-  """One optimizer step (pure). ``x_BD`` raw activations in any float dtype; ``valid_B`` bool."""
+               tx: optax.GradientTransformation, mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
+  """One optimizer step (pure). ``x_BD`` raw activations in any float dtype; ``valid_B`` bool.
+
+  ``mesh``: the mesh the step runs on when its 'model' axis splits the latents (every selection then
+  runs shard-local, :mod:`softsae_jax.parallel`); None for one device's view (any data parallelism
+  is GSPMD's).
+  """
   sae = cfg.sae
   arch = archs.get(sae.arch)
   valid_f = valid_B.astype(jnp.float32)
@@ -130,7 +135,7 @@ def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: C
   dead_F = state.since_fired_F >= sae.dead_tokens
   sched = schedules(cfg, state.step)
   (loss, (terms, aux)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
-      state.params, x_BD, valid_f, dead_F, sched, cfg)
+      state.params, x_BD, valid_f, dead_F, sched, cfg, mesh)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   frozen = arch.frozen(sched, jnp.any(dead_F), state.params, cfg)
   if frozen is not None:
@@ -165,6 +170,6 @@ def make_train_step(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh) -
   leaf sharded by the rule table (:func:`state_shardings`), the batch split over 'data'."""
   state_sh = state_shardings(cfg, tx, mesh)
   rows, mask = sharding.batch_shardings(mesh)
-  fn = functools.partial(train_step, cfg=cfg, tx=tx)
+  fn = functools.partial(train_step, cfg=cfg, tx=tx, mesh=mesh if mesh.shape["model"] > 1 else None)
   return jax.jit(fn, in_shardings=(state_sh, rows, mask), out_shardings=(state_sh, sharding.replicated(mesh)),
                  donate_argnums=0)

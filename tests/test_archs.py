@@ -17,7 +17,8 @@ import pytest
 from softsae_jax import archs, checkpoint, losses
 from softsae_jax import config as config_lib
 from softsae_jax.optim import make_optimizer
-from softsae_jax.sae import decode
+from softsae_jax.sae import decode, pre_acts
+from softsae_jax.topk import hard_topk
 from softsae_jax.train import init_train_state, schedules, train_step
 from softsae_jax.types import JumpThreshold, KEstimator, Params
 
@@ -75,7 +76,7 @@ class ArchVariantsTest(chex.TestCase):
       cfg = make_cfg(name)
       p = archs.init_params(jax.random.key(2), cfg.sae)
       terms = self.variant(lambda p, x: archs.get(name).train_terms(
-          p, x, jnp.ones((B,), jnp.float32), schedules(cfg, 10), cfg))(p, rows(1))
+          p, x, jnp.ones((B,), jnp.float32), schedules(cfg, 10), cfg, None))(p, rows(1))
       chex.assert_shape([terms.recon_BD], (B, D))
       chex.assert_shape([terms.acts_BF, terms.pre_BF], (B, F))
       chex.assert_shape([terms.main, terms.sparsity], ())
@@ -138,7 +139,7 @@ def test_jumprelu_loss_is_recon_plus_coefficient_times_l0():
   cfg = make_cfg("jumprelu", **{"sae.l0_coeff": 0.02, "train.l0_warmup_frac": 0.0})
   p = archs.init_params(jax.random.key(5), cfg.sae)
   x = rows(5)
-  terms = archs.get("jumprelu").train_terms(p, x, jnp.ones((B,), jnp.float32), schedules(cfg, 3), cfg)
+  terms = archs.get("jumprelu").train_terms(p, x, jnp.ones((B,), jnp.float32), schedules(cfg, 3), cfg, None)
   pre = np.asarray(terms.pre_BF)
   l0 = (pre > cfg.sae.jumprelu_init_threshold).sum(1).mean()
   np.testing.assert_allclose(float(terms.sparsity), 0.02 * l0, rtol=1e-6)
@@ -171,12 +172,12 @@ def test_a_seventh_arch_needs_only_a_table_entry(monkeypatch):
   """Registers a toy arch (fixed k = 1, hard top-1) through the table and the config's name list only,
   then trains it with the library's own train_step and evaluates with its inference rule."""
 
-  def terms(params, x_BD, valid_B, sched, cfg):
-    return archs._sparse_topk_terms(params, x_BD, valid_B, archs.pre_acts(params, x_BD, cfg.sae),
-                                    jnp.ones(x_BD.shape[:1]), 1, cfg.sae)
+  def terms(params, x_BD, valid_B, sched, cfg, mesh):
+    return archs._sparse_topk_terms(params, x_BD, valid_B, pre_acts(params, x_BD, cfg.sae),
+                                    jnp.ones(x_BD.shape[:1]), 1, mesh)
 
-  def infer(params, arch_state, x_BD, cfg):
-    acts = archs.hard_topk(archs.pre_acts(params, x_BD, cfg), jnp.ones(x_BD.shape[:1]), max_k=1)
+  def infer(params, arch_state, x_BD, cfg, mesh):
+    acts = hard_topk(pre_acts(params, x_BD, cfg), jnp.ones(x_BD.shape[:1]), max_k=1)
     return acts, archs._count(acts)
 
   toy = archs.Arch(archs._none, archs._none, terms, infer, archs._keep_state, archs._none)
