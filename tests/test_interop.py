@@ -547,3 +547,63 @@ def test_real_sae_lens_loads_our_exports(runs, tmp_path):
     assert res["module_codes_rel"] <= 1e-5 and res["module_recon_rel"] <= 1e-5, (arch, res)
     if arch == "softsae":
       assert res["loads_before_register"] is False and res["register_idempotent"], res
+
+
+def dictionary_learning_reference(sd, dict_class, x):
+  """NumPy reference of dictionary_learning's classes loading ``sd`` (``from_pretrained``) and encoding
+  ``x`` as their default ``encode`` does, written from their documented semantics: SoftSAE (the authors'
+  SoftSAEPatched) multiplies its biases by norm_factor at load and feeds (x - b_dec) / norm_factor to
+  the k-estimator, keeping the floor(k-hat) largest; AutoEncoderTopK its k largest; BatchTopKSAE and
+  MatryoshkaBatchTopKSAE those above the threshold; AutoEncoder all (ReLU)."""
+  a = {k: v.numpy().astype(np.float64) for k, v in sd.items()}
+  if dict_class == "MatryoshkaBatchTopKSAE":
+    pre = np.maximum((x - a["b_dec"]) @ a["W_enc"] + a["b_enc"], 0.0)
+    codes = pre * (pre > a["threshold"])
+    return codes, codes @ a["W_dec"] + a["b_dec"], None
+  if dict_class == "AutoEncoder":
+    codes = np.maximum((x - a["bias"]) @ a["encoder.weight"].T + a["encoder.bias"], 0.0)
+    return codes, codes @ a["decoder.weight"].T + a["bias"], None
+  n = a.get("norm_factor", 1.0)
+  b_enc, b_dec = a["encoder.bias"] * n, a["b_dec"] * n
+  pre = np.maximum((x - b_dec) @ a["encoder.weight"].T + b_enc, 0.0)
+  k_hat = None
+  if dict_class == "SoftSAE":
+    h = np.maximum((x - b_dec) / n @ a["k_estimator.0.weight"].T + a["k_estimator.0.bias"], 0.0)
+    logit = (h @ a["k_estimator.2.weight"].T + a["k_estimator.2.bias"])[:, 0]
+    k_hat = np.clip(a["k_max"] / (1.0 + np.exp(-logit)), 1.0, pre.shape[1])
+    codes = keep_top(pre, np.floor(k_hat))
+  elif dict_class == "AutoEncoderTopK":
+    codes = keep_top(pre, np.full(len(x), int(a["k"])))
+  else:
+    codes = pre * (pre > a["threshold"])
+  return codes, codes @ a["decoder.weight"].T + b_dec, k_hat
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", DL_ARCHS)
+def test_dictionary_learning_files_follow_their_classes(arch, runs):
+  import torch
+
+  from softsae_jax.interop.dictionary_learning import LAYOUT
+
+  out = runs.export(arch, "dictionary_learning")
+  sd = torch.load(os.path.join(out, "ae.pt"), weights_only=True)
+  cfg = json.load(open(os.path.join(out, "config.json")))
+  dict_class, trainer_class = LAYOUT[arch]
+  assert (cfg["trainer"]["dict_class"], cfg["trainer"]["trainer_class"]) == (dict_class, trainer_class)
+  assert (cfg["trainer"]["activation_dim"], cfg["trainer"]["dict_size"]) == (D, 4 * D)
+  assert (cfg["trainer"]["layer"], cfg["trainer"]["lm_name"]) == (3, "gpt2")
+  for name in ("k", "k_max"):
+    if name in sd:
+      assert sd[name].dtype == torch.int32 and sd[name].shape == ()
+  for name in ("alpha", "norm_factor", "threshold"):
+    if name in sd:
+      assert sd[name].dtype == torch.float32 and sd[name].shape == ()
+  model = softsae_jax.load(runs.workdir(arch))
+  x = runs.x[:300].astype(np.float64)
+  ref = model.infer(runs.x[:300])
+  codes, recon, k_hat = dictionary_learning_reference(sd, dict_class, x)
+  assert rel(ref.codes, codes) <= 1e-5 and rel(ref.recon, recon) <= 1e-5
+  np.testing.assert_array_equal(ref.codes != 0, codes != 0)
+  if k_hat is not None:
+    assert np.abs(ref.k - k_hat).max() <= 1e-5
