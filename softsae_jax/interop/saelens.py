@@ -165,7 +165,7 @@ def import_(in_dir: str) -> Imported:
   extra: Any = None
   cfg = None
   if arch == "topk":
-    k = raw.get("k")
+    k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))  # pre-6.0: activation_fn_kwargs.k
     if not isinstance(k, int) or not 1 <= k < f:
       raise ConvertError(f"{cfg_path}: field k must be an integer in [1, d_sae), got {k!r}")
     cfg = config_from_block(block, "topk", d, f, k=k) or make_config("topk", d, f, k=k, where=cfg_path)
