@@ -36,6 +36,9 @@ def _has(module: str) -> bool:
 
 _MISSING = [m for m in BRIDGE_DEPS if not _has(m)]
 collect_ignore_glob = ["softsae_jax/bridge/*"] if _MISSING else []
+# softsae_jax/torch_module.py is torch-only (no jax): without torch it is left out of the doctest collection.
+if not _has("torch"):
+  collect_ignore_glob.append("softsae_jax/torch_module.py")
 
 
 def pytest_addoption(parser):

@@ -5,7 +5,13 @@ by the SAE family), ``archs`` (the table of architectures: init, loss terms, inf
 update), ``losses``, ``optim``, ``sharding`` (mesh and logical-axis rules), ``train`` (the jitted
 step), ``trainer`` (the training run), ``evaluate`` (the inference engine: ``load(workdir)``, metrics,
 codes), ``data``/``shards`` (activation shards), ``stats``, ``files``, ``synthetic`` (ground-truth
-data), ``report``, ``bench``, ``bridge`` (PyTorch export; needs torch).
+data), ``report``, ``bench``, ``bridge`` (PyTorch export; needs torch), ``interop`` / ``convert``
+(SAELens, dictionary_learning, sparsify, Gemma Scope formats), ``torch_module`` (our SAELens exports
+in PyTorch), ``flax_adapter`` (a trained SAE as an NNX module).
+
+Every name below is re-exported lazily (imported on first use): ``import softsae_jax`` imports no
+jax, so the torch-only module ``softsae_jax.torch_module`` also works where jax is not installed
+(e.g. SAEBench's environment).
 
 A trained run in a notebook::
 
@@ -14,37 +20,46 @@ A trained run in a notebook::
   x_hat = model.decode(codes)        # == model.reconstruct(x)
 """
 
-from softsae_jax.config import Config as Config
-from softsae_jax.config import DataConfig as DataConfig
-from softsae_jax.config import SaeConfig as SaeConfig
-from softsae_jax.config import TrainConfig as TrainConfig
-from softsae_jax.optim import make_optimizer as make_optimizer
-from softsae_jax.archs import ARCHS as ARCHS
-from softsae_jax.archs import encode as encode
-from softsae_jax.archs import estimate_k as estimate_k
-from softsae_jax.archs import forward as forward
-from softsae_jax.archs import init_params as init_params
-from softsae_jax.sae import decode as decode
-from softsae_jax.topk import hard_topk as hard_topk
-from softsae_jax.topk import hard_topk_mask as hard_topk_mask
-from softsae_jax.topk import soft_topk as soft_topk
-from softsae_jax.train import init_train_state as init_train_state
-from softsae_jax.train import make_train_step as make_train_step
-from softsae_jax.train import train_step as train_step
-from softsae_jax.types import Codes as Codes
-from softsae_jax.types import Params as Params
-from softsae_jax.types import TrainState as TrainState
-
 __version__ = "0.1.0"
 
-_LAZY = {"load": "softsae_jax.evaluate", "Model": "softsae_jax.evaluate"}
+# name -> module: each public name is imported from its module on first access (PEP 562), so that
+# ``import softsae_jax`` (and ``softsae --help``) imports neither jax nor orbax.
+_LAZY = {
+    "Config": "softsae_jax.config",
+    "DataConfig": "softsae_jax.config",
+    "SaeConfig": "softsae_jax.config",
+    "TrainConfig": "softsae_jax.config",
+    "make_optimizer": "softsae_jax.optim",
+    "ARCHS": "softsae_jax.archs",
+    "encode": "softsae_jax.archs",
+    "estimate_k": "softsae_jax.archs",
+    "forward": "softsae_jax.archs",
+    "init_params": "softsae_jax.archs",
+    "decode": "softsae_jax.sae",
+    "hard_topk": "softsae_jax.topk",
+    "hard_topk_mask": "softsae_jax.topk",
+    "soft_topk": "softsae_jax.topk",
+    "init_train_state": "softsae_jax.train",
+    "make_train_step": "softsae_jax.train",
+    "train_step": "softsae_jax.train",
+    "Codes": "softsae_jax.types",
+    "Params": "softsae_jax.types",
+    "TrainState": "softsae_jax.types",
+    "load": "softsae_jax.evaluate",
+    "Model": "softsae_jax.evaluate",
+}
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
-  """``load`` and ``Model`` (the inference engine) import orbax: re-exported lazily, so that
-  ``import softsae_jax`` (and ``softsae --help``) stays light."""
   if name in _LAZY:
     import importlib
 
-    return getattr(importlib.import_module(_LAZY[name]), name)
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
   raise AttributeError(f"module 'softsae_jax' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))

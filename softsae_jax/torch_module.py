@@ -1,0 +1,298 @@
+"""A PyTorch module for our SAELens exports (``softsae convert --to saelens``): every arch, SoftSAE included.
+
+Imports only torch, safetensors and the standard library (no jax, no numpy), so it drops into any
+PyTorch codebase, and SAEBench's custom-SAE duck type is met (``W_enc`` [d_in, d_sae], ``W_dec``
+[d_sae, d_in], ``b_enc``, ``b_dec``, ``device``, ``dtype``, ``to()``, ``cfg`` with model_name,
+hook_name, hook_layer, d_in, d_sae, dtype string, context_size, prepend_bos)::
+
+  from softsae_jax.torch_module import SaeModule
+  sae = SaeModule.from_dir("exports/gpt2_l6")      # cfg.json + sae_weights.safetensors
+  codes = sae.encode(h)                            # [..., d_sae]; h: [..., d_in] raw activations
+  h_hat = sae.decode(codes)                        # == sae(h)
+  k_hat = sae.estimate_k(h)                        # SoftSAE: the real k-hat per row (keeps floor(k-hat))
+
+The encoders follow SAELens's semantics for the file's ``architecture``: ``standard``
+relu((x - b_dec) W_enc + b_enc); ``topk`` its k largest (rescaled by the decoder row norms when
+``rescale_acts_by_decoder_norm``); ``jumprelu`` relu(pre) where pre > threshold; ``softsae`` the
+floor(k-hat) largest, k-hat = clamp(k_max sigmoid(w_k2 . relu((x - b_dec) W_k1 + b_k1) + b_k2), 1, d_sae).
+
+:func:`register_with_sae_lens` registers a SAELens SAE class for architecture ``softsae`` so that
+``sae_lens.SAE.load_from_disk`` reads our SoftSAE exports too (the built-in architectures need nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+ARCHITECTURES = ("standard", "topk", "jumprelu", "softsae")
+_EXTRA = {"standard": (), "topk": (), "jumprelu": ("threshold",), "softsae": ("W_k1", "b_k1", "w_k2", "b_k2")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Metadata:
+  """SAEBench's ``cfg.metadata`` fields."""
+
+  context_size: int | None
+  hook_name: str | None
+  hook_head_index: int | None
+  seqpos_slice: tuple
+  prepend_bos: bool
+
+
+@dataclasses.dataclass
+class SaeConfig:
+  """The fields SAEBench's custom-SAE config has (plus ours: k, k_max, rescale, the full SAELens metadata)."""
+
+  model_name: str | None
+  d_in: int
+  d_sae: int
+  hook_layer: int | None
+  hook_name: str | None
+  context_size: int | None = None
+  hook_head_index: int | None = None
+  architecture: str = ""
+  apply_b_dec_to_input: bool = True
+  finetuning_scaling_factor: bool = False
+  activation_fn_str: str = ""
+  prepend_bos: bool = True
+  normalize_activations: str = "none"
+  dtype: str = "float32"
+  device: str = "cpu"
+  dataset_path: str = ""
+  dataset_trust_remote_code: bool = True
+  seqpos_slice: tuple = (None,)
+  training_tokens: int = -100_000
+  sae_lens_training_version: str | None = None
+  neuronpedia_id: str | None = None
+  hf_hook_name: str | None = None
+  exclude_special_tokens: Any = False
+  k: int | None = None
+  k_max: int | None = None
+  rescale_acts_by_decoder_norm: bool = False
+  metadata: Any = None
+  sae_lens_metadata: dict = dataclasses.field(default_factory=dict)
+
+
+def _hook_layer(hook_name: str | None) -> int | None:
+  """The block index in a hook name (``blocks.12.hook_resid_post`` -> 12), as SAEBench parses it."""
+  if not hook_name:
+    return None
+  m = re.search(r"\d+", hook_name)
+  return int(m.group()) if m else None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+  return str(dtype).split(".")[-1]
+
+
+class SaeModule(nn.Module):
+  """An SAE from a SAELens folder, in raw activation units. Build it with :meth:`from_dir`."""
+
+  def __init__(self, cfg: SaeConfig, tensors: dict[str, torch.Tensor]):
+    super().__init__()
+    if cfg.architecture not in ARCHITECTURES:
+      raise ValueError(f"architecture {cfg.architecture!r} is not supported (expected one of {ARCHITECTURES})")
+    self.cfg = cfg
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec") + _EXTRA[cfg.architecture]:
+      setattr(self, name, nn.Parameter(tensors[name]))
+    self.dtype: torch.dtype = self.W_enc.dtype
+    self.device: torch.device = self.W_enc.device
+    self.cfg.dtype = _dtype_name(self.dtype)
+    self.cfg.device = str(self.device)
+
+  @classmethod
+  def from_dir(cls, path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "SaeModule":
+    """Reads ``cfg.json`` and ``sae_weights.safetensors`` from ``path``.
+
+    Raises:
+      ValueError: an architecture, field or tensor this module does not handle (named).
+      FileNotFoundError: a missing file.
+    """
+    with open(os.path.join(path, "cfg.json")) as f:
+      raw = json.load(f)
+    arch = raw.get("architecture", "standard")
+    if arch not in ARCHITECTURES:
+      raise ValueError(f"{path}/cfg.json: architecture {arch!r} is not supported (expected one of {ARCHITECTURES})")
+    if raw.get("normalize_activations", "none") not in ("none", None):
+      raise ValueError(f"{path}/cfg.json: normalize_activations {raw['normalize_activations']!r} is not supported")
+    tensors = load_file(os.path.join(path, "sae_weights.safetensors"), device=str(device))
+    need = ("W_enc", "b_enc", "W_dec", "b_dec") + _EXTRA[arch]
+    missing = [n for n in need if n not in tensors]
+    if missing:
+      raise ValueError(f"{path}/sae_weights.safetensors: missing tensor {missing[0]!r} for architecture {arch!r}")
+    tensors = {n: tensors[n].to(dtype=dtype) for n in need}
+    md = raw.get("metadata") or {}
+    hook = md.get("hook_name", raw.get("hook_name"))
+    context = md.get("context_size", raw.get("context_size"))
+    bos = md.get("prepend_bos", raw.get("prepend_bos"))
+    cfg = SaeConfig(model_name=md.get("model_name", raw.get("model_name")), d_in=int(raw["d_in"]),
+                    d_sae=int(raw["d_sae"]), hook_layer=_hook_layer(hook), hook_name=hook, context_size=context,
+                    hook_head_index=md.get("hook_head_index"), architecture=arch,
+                    apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
+                    activation_fn_str="topk" if arch in ("topk", "softsae") else "relu",
+                    prepend_bos=True if bos is None else bool(bos), dataset_path=md.get("dataset_path") or "",
+                    hf_hook_name=md.get("hf_hook_name"), exclude_special_tokens=md.get("exclude_special_tokens", False),
+                    k=raw.get("k"), k_max=raw.get("k_max"),
+                    rescale_acts_by_decoder_norm=bool(raw.get("rescale_acts_by_decoder_norm", False)),
+                    sae_lens_metadata=dict(md))
+    cfg.metadata = Metadata(context_size=context, hook_name=hook, hook_head_index=cfg.hook_head_index,
+                            seqpos_slice=cfg.seqpos_slice, prepend_bos=cfg.prepend_bos)
+    return cls(cfg, tensors)
+
+  # ------------------------------------------------------------------ the forward pass
+
+  def _sae_in(self, x: torch.Tensor) -> torch.Tensor:
+    x = x.to(self.dtype)
+    return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+  def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's pre-activations (x - b_dec) W_enc + b_enc, [..., d_sae]."""
+    return self._sae_in(x) @ self.W_enc + self.b_enc
+
+  def estimate_k(self, x: torch.Tensor) -> torch.Tensor:
+    """SoftSAE's k-hat per row [...] (real-valued; a row keeps its floor(k-hat) largest activations)."""
+    if self.cfg.architecture != "softsae":
+      raise ValueError(f"estimate_k is SoftSAE's; this SAE is {self.cfg.architecture!r}")
+    h = torch.relu(self._sae_in(x) @ self.W_k1 + self.b_k1)
+    logit = h @ self.w_k2 + self.b_k2
+    return torch.clamp(self.cfg.k_max * torch.sigmoid(logit), 1.0, float(self.cfg.d_sae))
+
+  def encode(self, x: torch.Tensor) -> torch.Tensor:
+    """Raw-unit codes [..., d_sae] of raw activations [..., d_in]."""
+    pre = self.pre_acts(x)
+    arch = self.cfg.architecture
+    if arch == "standard":
+      return torch.relu(pre)
+    if arch == "jumprelu":
+      return torch.relu(pre) * (pre > self.threshold)
+    if arch == "topk":
+      if self.cfg.rescale_acts_by_decoder_norm:
+        pre = pre * self.W_dec.norm(dim=-1)
+      return _keep_top(torch.relu(pre), torch.full(pre.shape[:-1], float(self.cfg.k), device=pre.device),
+                       int(self.cfg.k))
+    k_max = min(int(self.cfg.k_max), self.cfg.d_sae)
+    return _keep_top(torch.relu(pre), torch.floor(self.estimate_k(x)), k_max)
+
+  def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    """Raw-unit reconstructions [..., d_in] of codes [..., d_sae]."""
+    codes = codes.to(self.dtype)
+    if self.cfg.architecture == "topk" and self.cfg.rescale_acts_by_decoder_norm:
+      return codes @ (self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)) + self.b_dec
+    return codes @ self.W_dec + self.b_dec
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    """The reconstruction ``decode(encode(x))``, [..., d_in]."""
+    return self.decode(self.encode(x))
+
+  # ------------------------------------------------------------------ SAEBench's duck type
+
+  def to(self, *args, **kwargs) -> "SaeModule":
+    """``nn.Module.to`` that also updates ``device``, ``dtype`` and ``cfg.dtype`` / ``cfg.device``."""
+    super().to(*args, **kwargs)
+    self.dtype, self.device = self.W_enc.dtype, self.W_enc.device
+    self.cfg.dtype, self.cfg.device = _dtype_name(self.dtype), str(self.device)
+    return self
+
+  @torch.no_grad()
+  def check_decoder_norms(self) -> bool:
+    """True when every decoder row has unit norm (SAEBench's check; 1e-5, or 1e-2 in half precision)."""
+    tol = 1e-2 if self.dtype in (torch.float16, torch.bfloat16) else 1e-5
+    norms = self.W_dec.float().norm(dim=-1)
+    return bool(torch.allclose(norms, torch.ones_like(norms), atol=tol))
+
+
+def _keep_top(acts: torch.Tensor, count: torch.Tensor, max_k: int) -> torch.Tensor:
+  """Keeps the ``count`` (per row, <= max_k) largest entries of the last axis, zeros elsewhere."""
+  if max_k <= 0:
+    return torch.zeros_like(acts)
+  vals, idx = torch.topk(acts, max_k, dim=-1)
+  keep = torch.arange(max_k, device=acts.device) < count.unsqueeze(-1)
+  return torch.zeros_like(acts).scatter(-1, idx, vals * keep)
+
+
+# ------------------------------------------------------------------------------------- SAELens
+
+
+def register_with_sae_lens() -> tuple[Any, Any]:
+  """Registers architecture ``softsae`` with SAELens (idempotent); returns (SAE class, config class).
+
+  After this, ``sae_lens.SAE.load_from_disk(path)`` loads our SoftSAE exports as a SAELens ``SAE``
+  (encode = the floor(k-hat) largest activations; its ``estimate_k`` gives k-hat). In-process only:
+  tools that know only SAELens's built-in classes (Neuronpedia, SAEDashboard's runner) cannot.
+  ``sae_lens`` is imported here, not at module import.
+  """
+  import sae_lens
+  from sae_lens.registry import SAE_CLASS_REGISTRY
+
+  if "softsae" in SAE_CLASS_REGISTRY:
+    return SAE_CLASS_REGISTRY["softsae"]
+  from sae_lens.saes.sae import SAE, SAEConfig
+
+  @dataclasses.dataclass
+  class SoftSAELensConfig(SAEConfig):
+    """SAELens config of a SoftSAE export: ``k`` (the trained mean-k budget) and ``k_max``."""
+
+    k: int = 32
+    k_max: int = 64
+
+    @classmethod
+    def architecture(cls) -> str:
+      return "softsae"
+
+  class SoftSAELens(SAE):
+    """SoftSAE for SAELens: top-floor(k-hat) of relu((x - b_dec) W_enc + b_enc), k-hat from the estimator."""
+
+    def initialize_weights(self) -> None:
+      super().initialize_weights()
+      kw = {"dtype": self.dtype, "device": self.device}
+      d, f = self.cfg.d_in, self.cfg.d_sae
+      self.b_enc = nn.Parameter(torch.zeros(f, **kw))
+      self.W_k1 = nn.Parameter(torch.zeros(d, f, **kw))
+      self.b_k1 = nn.Parameter(torch.zeros(f, **kw))
+      self.w_k2 = nn.Parameter(torch.zeros(f, **kw))
+      self.b_k2 = nn.Parameter(torch.zeros((), **kw))
+
+    def estimate_k(self, x: torch.Tensor) -> torch.Tensor:
+      sae_in = self.process_sae_in(x)
+      return self._k_hat(sae_in)
+
+    def _k_hat(self, sae_in: torch.Tensor) -> torch.Tensor:
+      logit = torch.relu(sae_in @ self.W_k1 + self.b_k1) @ self.w_k2 + self.b_k2
+      return torch.clamp(self.cfg.k_max * torch.sigmoid(logit), 1.0, float(self.cfg.d_sae))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+      sae_in = self.process_sae_in(x)
+      pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+      k_max = min(int(self.cfg.k_max), self.cfg.d_sae)
+      return self.hook_sae_acts_post(_keep_top(torch.relu(pre), torch.floor(self._k_hat(sae_in)), k_max))
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+      out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
+      out = self.run_time_activation_norm_fn_out(out)
+      return self.reshape_fn_out(out, self.d_head)
+
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+      """A no-op for unit-norm decoder rows (ours); otherwise folding would change the top-k, so refuse
+      (``NotImplementedError``, which SAEBench catches, as for SAELens's TopK without rescaling)."""
+      norms = self.W_dec.float().norm(dim=-1)
+      if not torch.allclose(norms, torch.ones_like(norms), atol=1e-5):
+        raise NotImplementedError("folding non-unit decoder norms would change SoftSAE's top-k selection")
+      super().fold_W_dec_norm()
+
+  for c, name in ((SoftSAELensConfig, "SoftSAELensConfig"), (SoftSAELens, "SoftSAELens")):
+    c.__module__, c.__qualname__ = __name__, name
+    globals()[name] = c
+  sae_lens.register_sae_class("softsae", SoftSAELens, SoftSAELensConfig)
+  return SoftSAELens, SoftSAELensConfig
+
+
+__all__ = ["SaeModule", "SaeConfig", "Metadata", "register_with_sae_lens", "ARCHITECTURES"]
