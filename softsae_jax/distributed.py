@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from softsae_jax.cli_types import positive_int
+from softsae_jax.cli_types import nonneg_int, positive_int
 from softsae_jax.errors import UserError
 
 
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  help="'auto': join the cluster JAX detects (SLURM under srun, Cloud TPU, ...)")
   g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address; with --num-processes and --process-id")
   g.add_argument("--num-processes", type=positive_int, metavar="N")
-  g.add_argument("--process-id", type=int, metavar="I")
+  g.add_argument("--process-id", type=nonneg_int, metavar="I")
   g.add_argument("--init-timeout", type=positive_int, default=120, metavar="S",
                  help="seconds to wait for every process to join (default 120)")
   g.add_argument("--heartbeat-timeout", type=positive_int, default=20, metavar="S",

@@ -112,7 +112,7 @@ class SaeSplice(nnx.Module):
   def _codes(self, x_BD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Normalised-unit codes [B, F] and k [B] of raw rows (the arch's inference rule)."""
     thr = None if self.threshold is None else self.threshold[...]
-    return archs.get(self.cfg.arch).infer(self.params(), thr, x_BD / self.norm_factor[...], self.cfg)
+    return archs.get(self.cfg.arch).infer(self.params(), thr, x_BD / self.norm_factor[...], self.cfg, None)
 
   def encode(self, h: jax.Array) -> jax.Array:
     """Raw-unit codes [..., F] of raw activations [..., D] (before ``latent_scale``)."""
