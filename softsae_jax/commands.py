@@ -63,13 +63,20 @@ def _add_model_and_data_arguments(parser: argparse.ArgumentParser) -> None:
                       help="rows per inference call (default: 1024)")
   parser.add_argument("--skip-nonfinite", dest="skip_nonfinite", action="store_true", default=None,
                       help="mask NaN/Inf rows instead of stopping (default: the run's data.skip_nonfinite)")
+  add_mesh_argument(parser)
+
+
+def add_mesh_argument(parser: argparse.ArgumentParser) -> None:
+  """``--set mesh.data=N --set mesh.model=M``: the inference mesh (eval, encode, report)."""
+  parser.add_argument("--set", action="append", metavar="mesh.KEY=VALUE",
+                      help="the inference mesh, e.g. --set mesh.model=4 splits the latents over 4 devices")
 
 
 def _model_and_data(args: argparse.Namespace):
-  from softsae_jax.evaluate import load
+  from softsae_jax.evaluate import load, mesh_from_overrides
   from softsae_jax.shards import open_dataset
 
-  model = load(args.workdir)
+  model = load(args.workdir, mesh=mesh_from_overrides(args.set))
   ds = open_dataset(args.data, expect_d_model=model.d_in)
   skip = args.skip_nonfinite if args.skip_nonfinite is not None else model.cfg.data.skip_nonfinite
   return model, ds, skip

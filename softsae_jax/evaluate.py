@@ -153,7 +153,9 @@ def load(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | Non
   """Loads the latest (or given) checkpoint of a workdir written by ``softsae train``.
 
   The state is restored directly onto ``mesh`` (default: every device on the data axis, the
-  parameters replicated), sharded by the rule table of :mod:`softsae_jax.sharding`.
+  parameters replicated), sharded by the rule table of :mod:`softsae_jax.sharding`: with a 'model'
+  axis a dictionary too wide for one device is evaluated with its latents split over devices
+  (``softsae eval --set mesh.model=4``).
 
   Raises:
     CheckpointError: no workdir / no checkpoint, with the path.
@@ -171,6 +173,8 @@ def load(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | Non
     cfg_dict, _ = ck.restore_meta(step)
     cfg = config_lib.from_dict(cfg_dict)
     mesh = sharding.make_mesh() if mesh is None else mesh
+    if cfg.sae.F % mesh.shape["model"]:
+      raise config_lib.ConfigError(f"mesh.model ({mesh.shape['model']}) must divide the run's n_latents ({cfg.sae.F})")
     tx = make_optimizer(cfg)
     state, _ = ck.restore(step, abstract_like(abstract_state(cfg, tx), state_shardings(cfg, tx, mesh)))
   finally:
@@ -180,6 +184,25 @@ def load(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | Non
 
 
 load_model = load
+
+
+def mesh_from_overrides(overrides) -> jax.sharding.Mesh | None:
+  """The inference mesh from ``--set mesh.data=... --set mesh.model=...`` (None without any).
+
+  Raises:
+    ConfigError: a key outside the ``mesh`` section, or a mesh the devices cannot hold.
+  """
+  if not overrides:
+    return None
+  bad = [o for o in overrides if not o.strip().startswith("mesh.")]
+  if bad:
+    raise config_lib.ConfigError(f"--set here takes mesh.data / mesh.model only (the model's config is the run's); "
+                                 f"got {bad[0]!r}")
+  cfg = config_lib.apply_overrides(Config(), list(overrides))
+  try:
+    return sharding.make_mesh(cfg.mesh.data, cfg.mesh.model)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"mesh: {e}") from None
 
 
 # ------------------------------------------------------------------------------- the dataset scan

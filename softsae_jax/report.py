@@ -670,8 +670,8 @@ def _run_names(workdirs: Sequence[str]) -> list[str]:
 
 
 def build_report(workdir: str, data_dir: str, out_path: str | None = None, compare: Sequence[str] = (),
-                 max_rows: int = DEFAULT_MAX_ROWS, *, batch_size: int = 1024, skip_nonfinite: bool | None = None
-                 ) -> str:
+                 max_rows: int = DEFAULT_MAX_ROWS, *, batch_size: int = 1024, skip_nonfinite: bool | None = None,
+                 mesh=None) -> str:
   """Writes the HTML report of the run in ``workdir`` on ``data_dir`` and returns its path.
 
   Args:
@@ -682,6 +682,7 @@ def build_report(workdir: str, data_dir: str, out_path: str | None = None, compa
     max_rows: the report uses the first ``max_rows`` rows in data order.
     batch_size: rows per inference call.
     skip_nonfinite: mask NaN/Inf rows instead of stopping; None uses the run's ``data.skip_nonfinite``.
+    mesh: the inference mesh (``--set mesh.model=4`` splits the latents over 4 devices); None: the default.
 
   Returns:
     The path written.
@@ -698,11 +699,11 @@ def build_report(workdir: str, data_dir: str, out_path: str | None = None, compa
     raise DataError(f"max_rows must be >= 1, got {max_rows}")
   if batch_size < 1:
     raise DataError(f"batch_size must be >= 1, got {batch_size}")
-  main_model = load(workdir)
+  main_model = load(workdir, mesh=mesh)
   ds = open_dataset(data_dir, expect_d_model=main_model.d_in)
   others = []
   for w in compare:
-    m = load(w)
+    m = load(w, mesh=mesh)
     if m.d_in != ds.d_model:
       raise DataError(f"{data_dir}: d_model is {ds.d_model} but the --compare run {w} was trained on d_model={m.d_in}")
     others.append((w, m))
@@ -792,6 +793,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=positive_int, default=1024, metavar="B", help="rows per inference call (default: 1024)")
   parser.add_argument("--skip-nonfinite", dest="skip_nonfinite", action="store_true", default=None,
                       help="mask NaN/Inf rows instead of stopping (default: the run's data.skip_nonfinite)")
+  from softsae_jax.commands import add_mesh_argument
+
+  add_mesh_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -806,7 +810,10 @@ def run(args: argparse.Namespace) -> int:
   Raises:
     CheckpointError, DataError: as :func:`build_report`; the CLI prints them as one ``error:`` line.
   """
+  from softsae_jax.evaluate import mesh_from_overrides
+
   path = build_report(args.workdir, args.data, args.out, args.compare, max_rows=args.max_rows,
-                      batch_size=args.batch_size, skip_nonfinite=args.skip_nonfinite)
+                      batch_size=args.batch_size, skip_nonfinite=args.skip_nonfinite,
+                      mesh=mesh_from_overrides(args.set))
   print(f"wrote {path}", file=sys.stderr)
   return 0

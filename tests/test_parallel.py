@@ -155,3 +155,29 @@ def test_compiled_model_parallel_step_gathers_no_latent_sized_array(arch):
   assert shapes, "expected the candidates' all-gather"
   for dims in shapes:
     assert str(FS) not in dims.split(","), (arch, shapes)
+
+
+@pytest.mark.slow
+def test_train_and_eval_on_a_model_parallel_mesh_through_the_cli(tmp_path, capsys):
+  """`softsae train --set mesh.model=4` and `softsae eval --set mesh.model=4` on 4 of the simulated
+  devices: the same metrics as evaluating the same checkpoint on one device's view."""
+  import json
+
+  from softsae_jax import cli, synthetic
+
+  data = str(tmp_path / "data")
+  synthetic.write_dataset(data, synthetic.make_mixture(2048, D, 64, k_values=(2, 4), seed=0))
+  wd = str(tmp_path / "run")
+  sets = ["--set", "sae.k=4", "--set", f"sae.n_latents={FS}", "--set", "train.batch_size=128", "--set",
+          "train.steps=20", "--set", "mesh.data=1", "--set", "mesh.model=4"]
+  assert cli.main(["train", "--data", data, "--workdir", wd, "--quiet", *sets]) == 0
+  capsys.readouterr()
+  outs = {}
+  for name, extra in (("sharded", ["--set", "mesh.data=1", "--set", "mesh.model=4"]), ("plain", [])):
+    assert cli.main(["eval", "--data", data, "--workdir", wd, "--out", str(tmp_path / f"{name}.json"), *extra]) == 0
+    outs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+  for key in ("fvu", "l0_mean", "k_hat_mean", "dead_fraction"):
+    assert outs["sharded"][key] == pytest.approx(outs["plain"][key], rel=1e-5), key
+  capsys.readouterr()
+  assert cli.main(["eval", "--data", data, "--workdir", wd, "--set", "sae.k=3"]) == 1
+  assert "mesh.data / mesh.model only" in capsys.readouterr().err
