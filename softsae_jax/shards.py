@@ -39,7 +39,7 @@ class ShardWriter:
   extra name) are written per shard as ``{name}_{i:05d}.npy`` and listed in the shard entry.
 
   Example:
-    >>> w = ShardWriter("/tmp/acts", d_model=4, dtype="float32")   # doctest: +SKIP
+    >>> w = ShardWriter("acts", d_model=4, dtype="float32")   # doctest: +SKIP
     >>> w.add(np.zeros((10, 4)), tokens=np.arange(10))              # doctest: +SKIP
     >>> manifest = w.close()                                        # doctest: +SKIP
   """
