@@ -2,6 +2,7 @@
 bad input's one-line error, and a good run left intact by a failed one."""
 
 import json
+import random
 import os
 import shutil
 import signal
