@@ -115,14 +115,35 @@ def test_shuffle_is_deterministic_global_and_per_epoch(tmp_path):
   assert a.state(4) == {"seed": 1, "step": 4, "rows_read": 24, "epoch": 0, "n_rows": 30}
 
 
-def test_each_process_reads_its_slice(tmp_path):
+def test_each_process_reads_its_rows(tmp_path):
+  """A process reads only its row range of each global batch; the ranges of the processes tile it, and
+  ``whole=True`` (b_dec's batch 0) reads all of it on every process."""
   write(tmp_path / "d", rows=(10, 10, 10))
   ds = open_dataset(str(tmp_path / "d"))
   full = BatchSource(ds, 8, seed=0).indices(2)
-  parts = [BatchSource(ds, 8, seed=0, process_index=p, process_count=4).batch(2)[0] for p in range(4)]
+  parts = [BatchSource(ds, 8, seed=0, rows=slice(2 * p, 2 * p + 2)).batch(2)[0] for p in range(4)]
   np.testing.assert_array_equal(np.concatenate(parts), read_rows(ds, full))
-  with pytest.raises(DataError, match="divisible by the number of processes"):
-    BatchSource(ds, 6, seed=0, process_count=4)
+  np.testing.assert_array_equal(BatchSource(ds, 8, seed=0, rows=slice(0, 2)).batch(2, whole=True)[0],
+                                read_rows(ds, full))
+
+
+def test_process_rows_and_to_global_on_a_mesh():
+  """sharding.process_rows gives a single process every row; to_global places each device's rows."""
+  import jax
+
+  from softsae_jax import sharding
+  from softsae_jax.data import to_global
+
+  mesh = sharding.make_mesh(4, 2)
+  rows_sh, mask_sh = sharding.batch_shardings(mesh)
+  assert sharding.process_rows(rows_sh, 16) == slice(0, 16)
+  x = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+  g = to_global(x, rows_sh, (16, 3))
+  np.testing.assert_array_equal(np.asarray(g), x)
+  for shard in g.addressable_shards:
+    np.testing.assert_array_equal(np.asarray(shard.data), x[shard.index])
+  v = to_global(np.arange(16) % 2 == 0, mask_sh, (16,))
+  assert v.sharding.is_equivalent_to(mask_sh, 1) and bool(np.asarray(v)[0])
 
 
 def test_nonfinite_rows_named_or_skipped(tmp_path):

@@ -199,8 +199,8 @@ def test_errors_are_one_line(runs, tmp_path, capsys, monkeypatch):
   with pytest.raises(DataError, match=f"d_model is {D + 4}.*d_model={D}"):
     report.build_report(runs["soft"], wide, str(tmp_path / "r.html"))
   # a --compare run of another width (its model is the TopK run's, relabelled, to spare a training)
-  def load(workdir):
-    m = load_model(workdir)
+  def load(workdir, mesh=None):
+    m = load_model(workdir, mesh=mesh)
     if workdir != runs["topk"]:
       return m
     sae = dataclasses.replace(m.cfg.sae, d_in=D + 4)
