@@ -65,14 +65,9 @@ def import_sparsify(in_dir: str) -> Imported:
   except (SafetensorError, OSError, ValueError, TypeError) as e:
     raise ConvertError(f"{w_path}: not a readable safetensors file ({str(e).splitlines()[0][:200]})") from None
   want = ("encoder.weight", "encoder.bias", "W_dec", "b_dec")
-  for name in raw:
-    if name == "W_skip":
-      raise ConvertError(f"{w_path}: tensor 'W_skip' (a skip connection) is not supported")
-    if name not in want:
-      raise ConvertError(f"{w_path}: unexpected tensor {name!r} (expected {', '.join(want)})")
-  for name in want:
-    if name not in raw:
-      raise ConvertError(f"{w_path}: missing tensor {name!r}")
+  if "W_skip" in raw:
+    raise ConvertError(f"{w_path}: tensor 'W_skip' (a skip connection) is not supported")
+  _check_names(w_path, raw, want, "tensor")
   ts = {n: as_f32(w_path, n, raw[n]) for n in want}
   f = ts["encoder.weight"].shape[0]
   for name, shape in (("encoder.weight", (f, d)), ("encoder.bias", (f,)), ("W_dec", (f, d)), ("b_dec", (d,))):
@@ -88,6 +83,16 @@ def import_sparsify(in_dir: str) -> Imported:
                   norm_factor=1.0, step=0, origin=origin)
 
 
+def _check_names(path: str, raw: dict, want: tuple[str, ...], what: str) -> None:
+  """Exactly the ``want`` entries in ``raw``, or a one-line ConvertError naming the file and entry."""
+  for name in raw:
+    if name not in want:
+      raise ConvertError(f"{path}: unexpected {what} {name!r} (expected {', '.join(want)})")
+  for name in want:
+    if name not in raw:
+      raise ConvertError(f"{path}: missing {what} {name!r}")
+
+
 def import_gemmascope(in_path: str) -> Imported:
   """Reads a Gemma Scope ``params.npz`` (the file, or a folder holding it)."""
   path = os.path.join(in_path, GEMMASCOPE_FILE) if os.path.isdir(in_path) else in_path
@@ -99,12 +104,7 @@ def import_gemmascope(in_path: str) -> Imported:
   except (OSError, ValueError) as e:
     raise ConvertError(f"{path}: not a readable .npz file ({str(e).splitlines()[0][:200]})") from None
   want = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
-  for name in raw:
-    if name not in want:
-      raise ConvertError(f"{path}: unexpected array {name!r} (expected {', '.join(want)})")
-  for name in want:
-    if name not in raw:
-      raise ConvertError(f"{path}: missing array {name!r}")
+  _check_names(path, raw, want, "array")
   ts = {n: as_f32(path, n, raw[n]) for n in want}
   if ts["W_enc"].ndim != 2:
     raise ConvertError(f"{path}: array W_enc must be 2-D [d_model, d_sae], got shape {list(ts['W_enc'].shape)}")
