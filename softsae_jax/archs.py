@@ -161,7 +161,7 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
     k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae))
     return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, mesh, stop=cfg.train.hard_freeze)
 
-  if mesh is None:
+  if parallel.model_shards(mesh) == 1:
     return jax.lax.cond(sched.hard, hard_phase, soft, None)
   # Latent-sharded: both phases hold collectives, and a cond whose two branches both do was seen to
   # deadlock on XLA:CPU (the shards wait in different collectives); evaluate both and select instead.

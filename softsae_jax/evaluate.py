@@ -65,7 +65,7 @@ def make_infer_fn(cfg: Config, mesh: jax.sharding.Mesh) -> Callable:
   mirroring :func:`softsae_jax.train.make_train_step`: parameters sharded by the rule table, rows
   split over 'data'."""
   arch = archs.get(cfg.sae.arch)
-  latent_mesh = mesh if mesh.shape["model"] > 1 else None
+  latent_mesh = mesh if mesh.devices.size > 1 else None
 
   def infer(params, arch_state, norm_factor, x_BD):
     acts_BF, k_B = arch.infer(params, arch_state, x_BD.astype(jnp.float32) / norm_factor, cfg.sae, latent_mesh)

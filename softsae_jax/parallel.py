@@ -20,8 +20,9 @@ that moves only per-row candidates and [B]-sized sums between the shards:
   give the global (k*B)-th value, which each shard applies as a threshold (exact up to ties at it).
 
 Every ``lax.cond`` whose branches hold collectives takes a predicate reduced over the whole mesh,
-so all shards take the same branch. With ``mesh`` None or ``mesh.model == 1`` every function is the
-single-device one. References: EleutherAI/sparsify ``latent_parallel.py`` and openai/sparse_autoencoder
+so all shards take the same branch. With ``mesh`` None every function is the single-device one; any
+mesh of more than one device runs the islands, even with ``mesh.model == 1``: left to GSPMD, the
+selections of a batch-sharded step were seen to all-gather whole [B, F] blocks too. References: EleutherAI/sparsify ``latent_parallel.py`` and openai/sparse_autoencoder
 ``sharded_topk`` do the hard case in PyTorch; neither has a soft top-k across shards.
 """
 
@@ -74,7 +75,7 @@ def topk_decode(pre_BF, count_B, max_k: int, w_dec_FD, mesh: Mesh | None, *, sto
   gradient through the kept values; ``dense_decode`` decodes by one dense matmul of the scattered
   codes instead of the per-slot gather (AuxK's large K). Differentiable in ``pre_BF`` and ``w_dec_FD``.
   """
-  if model_shards(mesh) == 1:
+  if mesh is None:
     vals_BK, idx_BK = topk_sparse(pre_BF, count_B, max_k)
     return _decode_local(vals_BK, idx_BK, w_dec_FD, pre_BF.shape[1], stop, dense_decode)
   fn = functools.partial(_topk_decode_shard, max_k=max_k, stop=stop, dense_decode=dense_decode,
@@ -85,7 +86,7 @@ def topk_decode(pre_BF, count_B, max_k: int, w_dec_FD, mesh: Mesh | None, *, sto
 
 def topk_acts(pre_BF, count_B, max_k: int, mesh: Mesh | None):
   """``hard_topk``: the ``floor(count_B)`` largest entries of each row, zero elsewhere (inference)."""
-  if model_shards(mesh) == 1:
+  if mesh is None:
     return topk_lib.hard_topk(pre_BF, count_B, max_k=max_k)
   fn = functools.partial(_topk_acts_shard, max_k=max_k, shards=model_shards(mesh))
   return jax.shard_map(fn, mesh=mesh, in_specs=(ROWS, ROW), out_specs=ROWS, check_vma=False)(pre_BF, count_B)
@@ -141,7 +142,7 @@ def batch_topk(pre_BF, k: int, mesh: Mesh | None):
   """
   from softsae_jax.sae import batch_topk as batch_topk_local
 
-  if model_shards(mesh) == 1:
+  if mesh is None:
     return batch_topk_local(pre_BF, k)
   total = k * pre_BF.shape[0]
 
@@ -160,7 +161,7 @@ def batch_topk(pre_BF, k: int, mesh: Mesh | None):
 
 def soft_topk(x_BF, k_B, alpha, *, max_k: int, mesh: Mesh | None):
   """LapSum soft top-k (:func:`softsae_jax.topk.soft_topk`) of float32 rows [B, F] with k_B [B]."""
-  if model_shards(mesh) == 1:
+  if mesh is None:
     return topk_lib.soft_topk(x_BF, k_B, alpha, max_k=max_k)
   num_m = topk_lib._candidate_count(max_k, x_BF.shape[1])
   if num_m is None:

@@ -123,9 +123,8 @@ def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: C
                tx: optax.GradientTransformation, mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
   """One optimizer step (pure). ``x_BD`` raw activations in any float dtype; ``valid_B`` bool.
 
-  ``mesh``: the mesh the step runs on when its 'model' axis splits the latents (every selection then
-  runs shard-local, :mod:`softsae_jax.parallel`); None for one device's view (any data parallelism
-  is GSPMD's).
+  ``mesh``: the mesh the step runs on, when it has more than one device: every selection then runs
+  shard-local (:mod:`softsae_jax.parallel`); None for one device.
   """
   sae = cfg.sae
   arch = archs.get(sae.arch)
@@ -170,6 +169,6 @@ def make_train_step(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh) -
   leaf sharded by the rule table (:func:`state_shardings`), the batch split over 'data'."""
   state_sh = state_shardings(cfg, tx, mesh)
   rows, mask = sharding.batch_shardings(mesh)
-  fn = functools.partial(train_step, cfg=cfg, tx=tx, mesh=mesh if mesh.shape["model"] > 1 else None)
+  fn = functools.partial(train_step, cfg=cfg, tx=tx, mesh=mesh if mesh.devices.size > 1 else None)
   return jax.jit(fn, in_shardings=(state_sh, rows, mask), out_shardings=(state_sh, sharding.replicated(mesh)),
                  donate_argnums=0)

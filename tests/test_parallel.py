@@ -136,12 +136,14 @@ def test_sharded_step_trains_like_one_device(arch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mesh_shape", [(1, 4), (4, 1)])
 @pytest.mark.parametrize("arch", ["softsae", "topk", "batchtopk", "relu", "jumprelu"])
-def test_compiled_model_parallel_step_gathers_no_latent_sized_array(arch):
-  """On the (1, 4) mesh the step's all-gathers carry candidates ([B, S*M]) or batch top-k values, never
-  an [.., F] array. (Matryoshka's nested-prefix decodes are left to GSPMD, which gathers group columns.)"""
+def test_compiled_step_gathers_no_latent_sized_array(arch, mesh_shape):
+  """On the (1, 4) and (4, 1) meshes the step's all-gathers carry candidates ([B, S*M]) or batch top-k
+  values, never an [.., F] array. (Matryoshka's nested-prefix decodes are left to GSPMD, which gathers
+  group columns.)"""
   cfg = step_cfg(arch)
-  mesh = mesh_of(1, 4)
+  mesh = mesh_of(*mesh_shape)
   tx = make_optimizer(cfg)
   abstract = jax.eval_shape(lambda: train.init_sharded(jax.random.key(0), cfg, tx, mesh,
                                                        b_dec_D=np.zeros(D, np.float32), norm_factor=1.0))
