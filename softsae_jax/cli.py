@@ -53,6 +53,8 @@ COMMANDS = (
             "add_encode_arguments", "run_encode"),
     Command("report", "a self-contained HTML report of a trained SAE", "softsae_jax.report"),
     Command("bench", "benchmarks: synthetic ground truth, FVU-vs-L0 Pareto", "softsae_jax.bench"),
+    Command("fidelity", "splice the SAE into the PyTorch model: CE/KL, embedding fidelity (needs `bridge`)",
+            "softsae_jax.bridge.fidelity"),
 )
 
 
