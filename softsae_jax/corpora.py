@@ -6,7 +6,7 @@ least ``min_words`` words, de-duplicated, labelled by the package it comes from.
 ``--texts-jsonl`` file for ``softsae export`` whose ``label`` field the export keeps
 (docs/data-format.md), for ``softsae probe``::
 
-  python -m softsae_jax.corpora --out runs/docstrings.jsonl                      # asyncio, email, importlib, logging, xml
+  python -m softsae_jax.corpora --out runs/docstrings.jsonl     # asyncio, email, importlib, logging, xml
   python -m softsae_jax.corpora --out d.jsonl --packages tkinter,idlelib,unittest,multiprocessing,http
   softsae export --model MODEL --layer 3 --texts-jsonl runs/docstrings.jsonl --out runs/doc_acts
 
@@ -50,7 +50,8 @@ def _package_files(root: str, package: str) -> list[str]:
 
 
 def stdlib_docstrings(packages: Sequence[str] = DEFAULT_PACKAGES, *, min_words: int = 8,
-                      max_per_package: int | None = None, seed: int = 0, root: str | None = None) -> list[dict[str, Any]]:
+                      max_per_package: int | None = None, seed: int = 0,
+                      root: str | None = None) -> list[dict[str, Any]]:
   """The docstrings of ``packages``, labelled by package (see the module docstring).
 
   Args:

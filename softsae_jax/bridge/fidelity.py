@@ -519,7 +519,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   src.add_argument("--text-file", metavar="FILE", help="UTF-8 text, one document per line")
   src.add_argument("--texts-jsonl", metavar="FILE", help="one JSON object per line with a text field")
   src.add_argument("--images", metavar="DIR", help="folder of .jpg/.jpeg/.png images (image classifiers)")
-  parser.add_argument("--text-field", default="text", metavar="NAME", help="JSON field holding the text (default: text)")
+  parser.add_argument("--text-field", default="text", metavar="NAME",
+                      help="JSON field holding the text (default: text)")
   parser.add_argument("--model", metavar="NAME_OR_PATH", help="default: the training data's source.model")
   parser.add_argument("--layer", type=nonneg_int, metavar="L", help="default: the training data's source.layer")
   parser.add_argument("--tokenizer", metavar="NAME_OR_PATH", help="default: the training data's source.tokenizer")

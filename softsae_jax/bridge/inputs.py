@@ -127,7 +127,8 @@ def jsonl_labels(path: str, field: str = "label") -> list[str | None]:
 
   Examples:
     >>> import tempfile
-    >>> p = tempfile.mktemp(); _ = open(p, "w").write('{"text": "a", "label": "x"}\\n\\n{"text": "b"}\\n{"text": "c", "label": 3}\\n')
+    >>> p = tempfile.mktemp()
+    >>> _ = open(p, "w").write('{"text": "a", "label": "x"}\\n\\n{"text": "b"}\\n{"text": "c", "label": 3}\\n')
     >>> jsonl_labels(p)
     ['x', None, '3']
   """
