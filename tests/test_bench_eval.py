@@ -189,3 +189,30 @@ def test_eval_compare_block(tmp_path, capsys):
     assert c[key] is not None and np.isfinite(c[key]), key
   assert 3.0 < c["twonn_global_id"] < 9.0 and c["spearman_k_norm"] > 0.5
   assert json.loads(capsys.readouterr().out)["compare"]["n_rows"] == 600
+
+
+# --------------------------------------------------------------------------- report
+
+
+def test_report_shows_the_evaluations_next_to_the_run(tmp_path):
+  from softsae_jax.report import build_report
+
+  rng = np.random.default_rng(0)
+  w = ShardWriter(str(tmp_path / "acts"), d_model=6, dtype="float32")
+  w.add(rng.normal(size=(300, 6)).astype(np.float32))
+  w.close()
+  wd = handmade.write_workdir(str(tmp_path / "id"), handmade.relu_config(6, 12), handmade.identity_params(6))
+  page = open(build_report(wd, str(tmp_path / "acts"), max_rows=300)).read()
+  assert '<section id="evals">' in page and "fidelity.json" in page and "No downstream evaluation" in page
+  (tmp_path / "id" / "fidelity.json").write_text(json.dumps(
+      {"cos_sae": 0.9, "emb_score_mean": 0.8, "sim_spearman_sae": 0.7, "n_docs": 5,
+       "meta": {"kind": "encoder", "model": "m", "layer": 3, "command": "softsae fidelity --workdir id"}}))
+  (tmp_path / "id" / "probe.json").write_text(json.dumps(
+      {"classes": ["a", "b"], "n_docs": 10, "sae_acc": {"1": 0.61, "20": 0.82}, "raw_acc": {"1": 0.55, "20": 0.8},
+       "full_acc": 0.93, "tpp": {"5": 0.125}, "meta": {"command": "softsae probe x"}}))
+  (tmp_path / "id" / "eval.json").write_text(json.dumps({"fvu": 0.1, "compare": {"spearman_k_norm": 0.456}}))
+  page = open(build_report(wd, str(tmp_path / "acts"), max_rows=300)).read()
+  assert "No downstream evaluation" not in page
+  for text in ("emb_score_mean", "<td>0.8<", "softsae fidelity --workdir id", ">0.61<", ">0.93<", "N=5: 0.125",
+               "spearman_k_norm", ">0.456<"):
+    assert text in page, text
