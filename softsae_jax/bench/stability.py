@@ -72,6 +72,8 @@ def add_parser(sub) -> None:
   s.add_argument("--archs", type=choice_list(ARCHS), default="softsae,topk,batchtopk,jumprelu",
                  help="comma-separated archs (default softsae,topk,batchtopk,jumprelu)")
   s.add_argument("--k", type=positive_int, default=16, help="k of the k-sparsified archs (default 16)")
+  s.add_argument("--arch-k", action="append", default=[], metavar="ARCH=K",
+                 help="another k for one arch, to match the archs' L0 (repeatable), e.g. --arch-k batchtopk=17")
   s.add_argument("--l0-coeff", type=nonneg_float_list, default="0.001", help="jumprelu's sae.l0_coeff (default 0.001)")
   s.add_argument("--l1-coeff", type=nonneg_float_list, default="0.3", help="relu's sae.l1_coeff (default 0.3)")
   s.add_argument("--steps", type=positive_int, default=1000, help="training steps per model (default 1000)")
@@ -82,6 +84,25 @@ def add_parser(sub) -> None:
   s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config field for every model")
   s.add_argument("--quiet", action="store_true", help="no progress lines")
   s.set_defaults(bench_func=cmd_stability)
+
+
+def parse_arch_k(items: list[str]) -> dict[str, int]:
+  """``["topk=14", "batchtopk=17"]`` -> ``{"topk": 14, "batchtopk": 17}``.
+
+  Raises:
+    ConfigError: not ``ARCH=K`` with a known arch and a positive integer.
+
+  Examples:
+    >>> parse_arch_k(["topk=14"])
+    {'topk': 14}
+  """
+  out = {}
+  for item in items:
+    arch, _, k = item.partition("=")
+    if arch.strip() not in ARCHS or not k.strip().isdigit() or int(k) < 1:
+      raise ConfigError(f"--arch-k {item}: expected ARCH=K with ARCH one of {', '.join(ARCHS)} and K >= 1")
+    out[arch.strip()] = int(k)
+  return out
 
 
 def cmd_stability(args) -> int:
@@ -102,12 +123,14 @@ def cmd_stability(args) -> int:
   eval_ds = open_dataset(args.eval_data, expect_d_model=ds.d_model) if args.eval_data else ds
   base = config_lib.load_config_file(args.config) if args.config else config_lib.Config()
   coeffs = {"jumprelu": args.l0_coeff, "relu": args.l1_coeff}
+  arch_k = parse_arch_k(args.arch_k)
   results: dict[str, Any] = {}
   for arch in args.archs:
     sweep = COEFF_SWEEPS.get(arch)
+    k = arch_k.get(arch, args.k)
     # sae.k is set for every arch (jumprelu/relu read it only as a reference, but it must be < F)
-    points = [(f"{arch}@k{args.k}", [f"sae.k={args.k}"])] if sweep is None else [
-        (f"{arch}@{sweep.tag}{coeff_text(c)}", [f"sae.k={args.k}", f"sae.{sweep.field}={c}"]) for c in coeffs[arch]]
+    points = [(f"{arch}@k{k}", [f"sae.k={k}"])] if sweep is None else [
+        (f"{arch}@{sweep.tag}{coeff_text(c)}", [f"sae.k={k}", f"sae.{sweep.field}={c}"]) for c in coeffs[arch]]
     for name, fields in points:
       decoders, per_seed = {}, {}
       for seed in args.seeds:
@@ -136,7 +159,8 @@ def cmd_stability(args) -> int:
       log(f"{name}: mean max cos {results[name]['mean_max_cos']:.3f}, matched > {MATCH_THRESHOLD} "
           f"{results[name]['frac_matched']:.3f}")
   command = (f"softsae bench stability --data {args.data} --seeds {','.join(map(str, args.seeds))} "
-             f"--archs {','.join(args.archs)} --k {args.k} --l0-coeff {','.join(map(coeff_text, args.l0_coeff))} "
+             f"--archs {','.join(args.archs)} --k {args.k}" + "".join(f" --arch-k {a}={k}" for a, k in arch_k.items())
+             + f" --l0-coeff {','.join(map(coeff_text, args.l0_coeff))} "
              f"--l1-coeff {','.join(map(coeff_text, args.l1_coeff))} --steps {args.steps} "
              f"--batch-size {args.batch_size} --out {out}"
              + (f" --n-latents {args.n_latents}" if args.n_latents else "")
