@@ -8,6 +8,8 @@ plus the packaged all-MiniLM-L6-v2; nothing is downloaded.
 
 import json
 import os
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -27,6 +29,16 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 BOS = "<|endoftext|>"
+
+
+def _train_in_subprocess(*args):
+  """``softsae train`` in its own process with one CPU device. In this process torch has run, and its
+  busy-waiting threads can keep XLA:CPU's 8 simulated devices (tests/conftest.py) from meeting their
+  all-reduce rendezvous on a loaded 2-core machine, which aborts the process."""
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "softsae_jax.cli", "train", *map(str, args)], env=env,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
 
 
 @pytest.fixture(autouse=True)
@@ -237,9 +249,9 @@ def test_minilm_trained_sae_beats_mean_ablation(minilm, tmp_path):
   assert export_mod.main(["--model", minilm, "--layer", "3", "--out", str(acts), "--text-file", str(docs),
                           "--max-tokens", "6000", "--quiet"]) == 0
   w = tmp_path / "topk"
-  assert _cli("train", "--data", acts, "--workdir", w, "--quiet", "--set", "sae.arch=topk", "--set", "sae.k=16",
-              "--set", "sae.expansion=2", "--set", "train.steps=150", "--set", "train.batch_size=256",
-              "--set", "train.lr=1e-3") == 0
+  _train_in_subprocess("--data", acts, "--workdir", w, "--quiet", "--set", "sae.arch=topk", "--set", "sae.k=16",
+                       "--set", "sae.expansion=2", "--set", "train.steps=150", "--set", "train.batch_size=256",
+                       "--set", "train.lr=1e-3")
   assert _cli("fidelity", "--workdir", w, "--text-file", docs, "--quiet") == 0
   res = json.loads((w / "fidelity.json").read_text())
   assert res["n_docs"] == 20 and res["n_windows"] == 20 and res["meta"]["kind"] == "encoder"
