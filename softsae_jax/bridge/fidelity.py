@@ -192,7 +192,7 @@ class Batch:
 
 
 def text_batches(windows: Iterable[inputs.Window], pad_id: int, device: Any, batch_size: int) -> Iterator[Batch]:
-  """Batches of export windows, right-padded, with their content masks."""
+  """Batches of export windows (in the given order), right-padded, with their content masks."""
   import torch
 
   from softsae_jax.bridge import models
@@ -624,6 +624,9 @@ def run(args: argparse.Namespace) -> int:
     windows = inputs.iter_windows(docs, tokenize, layout, seq_len)
     if kind == "encoder":
       windows = (w for w in windows if w.start == 0)  # one window per document: what a sentence encoder sees
+    # Batches of windows of similar length pad less (every metric is a mean over tokens or documents,
+    # or over document pairs, so the order does not matter).
+    windows = sorted(windows, key=lambda w: (len(w.ids), w.doc, w.start))
     pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
     batches = text_batches(windows, pad_id, device, args.batch_size)
     meta.update({"input": os.path.abspath(args.text_file or args.texts_jsonl), "seq_len": seq_len,
