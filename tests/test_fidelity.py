@@ -261,3 +261,41 @@ def test_minilm_trained_sae_beats_mean_ablation(minilm, tmp_path):
   assert res["emb_score_mean"] > 0.5 and res["cos_sae"] > res["cos_mean"]
   assert res["sim_spearman_sae"] > res["sim_spearman_mean"]
   assert os.path.isfile(w / "fidelity.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_classifier(tmp_path_factory):
+  """A random 2-block ViTForImageClassification (32x32 images, 8x8 patches, 5 classes) and its processor."""
+  torch.manual_seed(0)
+  cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, num_labels=5)
+  path = tmp_path_factory.mktemp("tiny_vit_cls")
+  transformers.ViTForImageClassification(cfg).save_pretrained(path)
+  transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+  return str(path)
+
+
+def test_vit_classifier_identity_and_zero(tiny_vit_classifier, tmp_path):
+  from PIL import Image
+
+  images = tmp_path / "images"
+  images.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(images / f"im{i}.png")
+  acts = tmp_path / "acts"
+  assert export_mod.main(["--model", tiny_vit_classifier, "--layer", "0", "--out", str(acts), "--images", str(images),
+                          "--dtype", "float32", "--quiet"]) == 0
+  w = handmade.write_workdir(str(tmp_path / "id"), handmade.relu_config(32, 64), handmade.identity_params(32),
+                             data=str(acts))
+  assert _cli("fidelity", "--workdir", w, "--images", images, "--batch-size", 4, "--quiet") == 0
+  res = json.loads((tmp_path / "id" / "fidelity.json").read_text())
+  assert res["meta"]["kind"] == "vision" and res["n_docs"] == 6
+  assert res["n_tokens"] == 6 * 16  # the exported patch tokens; CLS keeps its activation
+  assert res["kl_sae"] == 0.0 and res["kl_div_score"] == 1.0 and res["top1_agree_sae"] == 1.0
+  assert res["kl_zero"] > 0 and np.isfinite(res["kl_mean"])
+  z = handmade.write_workdir(str(tmp_path / "zero"), handmade.relu_config(32, 64), handmade.zero_params(32, 64),
+                             data=str(acts))
+  assert _cli("fidelity", "--workdir", z, "--images", images, "--quiet") == 0
+  res = json.loads((tmp_path / "zero" / "fidelity.json").read_text())
+  assert res["kl_sae"] > 0 and res["kl_div_score"] < 1.0
