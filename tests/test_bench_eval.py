@@ -114,6 +114,7 @@ def _synthetic_acts(path, n=3000, d=16, seed=0):
   return str(path)
 
 
+@pytest.mark.slow
 def test_two_identical_trainings_and_a_permuted_copy_read_one(tmp_path):
   from softsae_jax import trainer
 
