@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from softsae_jax.cli_types import nonneg_int, positive_int
+
 DEFAULT_PACKAGES = ("asyncio", "email", "importlib", "logging", "xml")
 _KINDS = {ast.Module: "module", ast.ClassDef: "class", ast.FunctionDef: "function", ast.AsyncFunctionDef: "function"}
 
@@ -109,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--out", required=True, help="the .jsonl file to write")
   ap.add_argument("--packages", default=",".join(DEFAULT_PACKAGES),
                   help=f"comma-separated standard-library packages (default: {','.join(DEFAULT_PACKAGES)})")
-  ap.add_argument("--min-words", type=int, default=8, help="shortest docstring kept, in words (default: 8)")
-  ap.add_argument("--max-per-package", type=int, default=None, help="a seeded sample of at most N per package")
-  ap.add_argument("--seed", type=int, default=0, help="the sample's seed (default: 0)")
+  ap.add_argument("--min-words", type=positive_int, default=8, help="shortest docstring kept, in words (default: 8)")
+  ap.add_argument("--max-per-package", type=positive_int, default=None, help="a seeded sample of at most N per package")
+  ap.add_argument("--seed", type=nonneg_int, default=0, help="the sample's seed (default: 0)")
   a = ap.parse_args(argv)
   packages = [p.strip() for p in a.packages.split(",") if p.strip()]
   try:
