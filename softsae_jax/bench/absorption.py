@@ -213,6 +213,8 @@ def add_parser(sub) -> None:
   a.add_argument("--archs", type=choice_list(ARCHS), default=",".join(ARCHS),
                  help="comma-separated archs (default: all)")
   a.add_argument("--k", type=positive_int, help="k of the k-sparsified archs (default: the true mean L0, rounded)")
+  a.add_argument("--arch-k", action="append", default=[], metavar="ARCH=K",
+                 help="another k for one arch, to match its L0 (repeatable), e.g. --arch-k softsae=8")
   a.add_argument("--l0-coeff", type=nonneg_float_list, default="0.01",
                  help="jumprelu's sae.l0_coeff (comma-separated: one run each; default 0.01)")
   a.add_argument("--l1-coeff", type=nonneg_float_list, default="0.05",
@@ -251,6 +253,7 @@ def cmd_absorption(args) -> int:
   """``softsae bench absorption``: data, the reference dictionaries, every arch, then the JSON and Markdown."""
   from softsae_jax import handmade
   from softsae_jax.bench import output
+  from softsae_jax.bench.stability import parse_arch_k
   from softsae_jax.bench.runs import (COEFF_SWEEPS, Log, check_overrides, coeff_text, dataset_view, make_config,
                                       rounded_secs, train_and_load)
   from softsae_jax.evaluate import load
@@ -280,27 +283,30 @@ def cmd_absorption(args) -> int:
     models[ref] = {"arch": "hand-built relu", **_measure(load(wd), held_ds, held)}
     log(f"{ref}: absorption {models[ref]['absorption_rate']:.3f}")
   coeffs = {"jumprelu": args.l0_coeff, "relu": args.l1_coeff}
+  arch_k = parse_arch_k(args.arch_k)
   timing = {}
   for arch in args.archs:
     sweep = COEFF_SWEEPS.get(arch)
-    points = [(f"{arch}@k{k}", [])] if sweep is None else [
+    k_arch = arch_k.get(arch, k)
+    points = [(f"{arch}@k{k_arch}", [])] if sweep is None else [
         (f"{arch}@{sweep.tag}{coeff_text(c)}", [f"sae.{sweep.field}={c}"]) for c in coeffs[arch]]
     for name, fields in points:
       # sae.k for every arch: jumprelu/relu read it only as a reference, but it must be < F
-      cfg = make_config(arch, k, n_latents=args.n_latents, steps=args.steps,
+      cfg = make_config(arch, k_arch, n_latents=args.n_latents, steps=args.steps,
                         batch_size=args.batch_size, seed=args.seed, overrides=overrides, fields=fields)
       try:
         cfg.resolve(train.x_ND.shape[1])
       except ConfigError as e:
         raise ConfigError(f"{name}: {e}") from None
       model, secs = train_and_load(dirs["train"], os.path.join(out, "runs", name), cfg, log, name)
-      models[name] = {"arch": arch, **({"k": k} if sweep is None else {sweep.field: float(fields[-1].split("=")[1])}),
+      models[name] = {"arch": arch, **({"k": k_arch} if sweep is None else {sweep.field: float(fields[-1].split("=")[1])}),
                       **_measure(model, held_ds, held)}
       timing[name] = rounded_secs(secs)
       log(f"{name}: absorption {models[name]['absorption_rate']:.3f}, FVU {models[name]['fvu']:.4f}, "
           f"L0 {models[name]['l0_mean']:.2f}")
   command = (f"softsae bench absorption --archs {','.join(args.archs)} --k {k} "
-             f"--l0-coeff {','.join(map(coeff_text, args.l0_coeff))} "
+             + "".join(f"--arch-k {a}={v} " for a, v in arch_k.items())
+             + f"--l0-coeff {','.join(map(coeff_text, args.l0_coeff))} "
              f"--l1-coeff {','.join(map(coeff_text, args.l1_coeff))} "
              f"--n-latents {args.n_latents} --rows {args.rows} --heldout-rows {args.heldout_rows} --steps {args.steps} "
              f"--batch-size {args.batch_size} --seed {args.seed} --out {out}"
