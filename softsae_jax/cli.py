@@ -55,6 +55,9 @@ COMMANDS = (
     Command("bench", "benchmarks: synthetic ground truth, FVU-vs-L0 Pareto", "softsae_jax.bench"),
     Command("convert", "export a workdir to SAELens/dictionary_learning, or import SAELens/sparsify/"
             "Gemma Scope/dictionary_learning SAEs", "softsae_jax.convert"),
+    Command("fidelity", "splice the SAE into the PyTorch model: CE/KL, embedding fidelity (needs `bridge`)",
+            "softsae_jax.bridge.fidelity"),
+    Command("probe", "sparse probing and TPP on labelled documents (needs scikit-learn)", "softsae_jax.probe"),
 )
 
 

@@ -93,6 +93,16 @@ def int_list(text: str) -> list[int]:
   return _parse_list(text, int, "a comma-separated list of positive integers", lambda v: v >= 1)
 
 
+def nonneg_int_list(text: str) -> list[int]:
+  """Comma-separated integers >= 0, at least one (``--seeds 0,1,2``).
+
+  Examples:
+    >>> nonneg_int_list("0, 2")
+    [0, 2]
+  """
+  return _parse_list(text, int, "a comma-separated list of integers >= 0", lambda v: v >= 0)
+
+
 def float_list(text: str) -> list[float]:
   """Comma-separated finite numbers, at least one."""
   return _parse_list(text, float, "a comma-separated list of numbers", lambda v: True)

@@ -12,7 +12,7 @@ import os
 import sys
 
 from softsae_jax import distributed
-from softsae_jax.cli_types import positive_int
+from softsae_jax.cli_types import nonneg_int, positive_int
 
 
 # --------------------------------------------------------------------------- train
@@ -86,6 +86,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
   """Adds the ``softsae eval`` flags to ``parser``."""
   _add_model_and_data_arguments(parser)
   parser.add_argument("--out", help="also write the JSON here")
+  parser.add_argument("--compare", metavar="WORKDIR2",
+                      help="a fixed-k run (TopK at this run's mean L0): adds a \"compare\" block, the Spearman of "
+                           "this run's per-token k-hat with WORKDIR2's per-token error, with ||x - b_dec|| and with a "
+                           "local intrinsic dimension (softsae_jax.khat)")
+  parser.add_argument("--lid-sample", type=nonneg_int, default=2000, metavar="N",
+                      help="with --compare: rows sampled for the TwoNN local intrinsic dimension "
+                           "(0: none; default 2000)")
+  parser.add_argument("--lid-neighbors", type=positive_int, default=20, metavar="M",
+                      help="with --compare: neighbours of the local TwoNN estimate (default 20)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -95,6 +104,18 @@ def run_eval(args: argparse.Namespace) -> int:
 
   model, ds, skip = _model_and_data(args)
   res = evaluate(model, ds, batch_size=args.batch_size, skip_nonfinite=skip)
+  if args.compare:
+    from softsae_jax import khat
+    from softsae_jax.evaluate import load
+
+    other = load(args.compare)
+    if other.d_in != model.d_in:
+      from softsae_jax.shards import DataError
+
+      raise DataError(f"--compare {args.compare} was trained on d_model={other.d_in}, {args.workdir} on {model.d_in}")
+    res["compare"] = khat.compare(model, other, ds, batch_size=args.batch_size, skip_nonfinite=skip,
+                                  lid_sample=args.lid_sample, lid_neighbors=args.lid_neighbors,
+                                  other_workdir=args.compare)
   print(json.dumps(res, indent=2))
   if args.out:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -16,7 +16,10 @@ text passages are contiguous), in raw units through :mod:`softsae_jax.evaluate`,
 4. k-hat (or L0) against the per-token relative error ||x - x_hat||^2 / ||x||^2;
 5. passages of text with every token coloured by its k-hat (L0 for the other archs);
 6. the top-activating contexts of the most frequent latents and of those with the largest activation;
-7. dead and dense latents and the histogram of log10 firing frequency.
+7. dead and dense latents and the histogram of log10 firing frequency;
+8. the downstream evaluations saved next to the run, whichever exist (:data:`EVAL_FILES`):
+   ``WORKDIR/fidelity.json`` (``softsae fidelity``), ``WORKDIR/probe.json`` (``softsae probe``) and
+   the ``compare`` block of ``WORKDIR/eval.json`` (``softsae eval --compare W2 --out WORKDIR/eval.json``).
 
 Text sections need per-row ``tokens`` side files and a ``vocab`` list in the manifest
 (docs/data-format.md); ``doc_index`` keeps passages and contexts within one document. Other data
@@ -661,6 +664,74 @@ def _header_html(main: RunStats, runs: list[RunStats], ds: Dataset, n_rows: int)
   return out
 
 
+# --------------------------------------------------------------------------- downstream evaluations
+
+
+EVAL_FILES = (("fidelity.json", "softsae fidelity --workdir WORKDIR ..."),
+              ("probe.json", "softsae probe --workdir WORKDIR --data LABELLED_ACTS"),
+              ("eval.json", "softsae eval --workdir WORKDIR --data ACTS --compare TOPK_RUN --out WORKDIR/eval.json"))
+"""The result files the report looks for in the workdir, and the command that writes each."""
+
+_FIDELITY_KEYS = {
+    "causal": ("ce_clean", "ce_sae", "ce_zero", "ce_mean", "ce_loss_score", "ce_loss_score_mean", "kl_sae", "kl_zero",
+               "kl_mean", "kl_div_score", "kl_div_score_mean", "khat_kl_spearman", "l0_kl_spearman"),
+    "encoder": ("cos_sae", "cos_zero", "cos_mean", "emb_score_zero", "emb_score_mean", "sim_spearman_sae",
+                "sim_spearman_zero", "sim_spearman_mean", "retrieval_at_1_sae", "retrieval_at_1_mean"),
+    "vision": ("kl_sae", "kl_zero", "kl_mean", "kl_div_score", "top1_agree_sae", "top1_agree_zero", "top1_agree_mean"),
+}
+
+
+def _read_eval(workdir: str, name: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, name)
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return obj if isinstance(obj, dict) else None
+
+
+def _kv_table(rows: list[tuple[str, Any]]) -> str:
+  return "<table>" + "".join(f"<tr><th>{html.escape(str(a))}</th><td>{_fmt(b)}</td></tr>" for a, b in rows) + "</table>"
+
+
+def _evals_html(workdir: str) -> str:
+  """The downstream-evaluation section: one block per result file found (:data:`EVAL_FILES`)."""
+  blocks = []
+  fid = _read_eval(workdir, "fidelity.json")
+  if fid is not None:
+    meta = fid.get("meta") or {}
+    keys = _FIDELITY_KEYS.get(meta.get("kind"), ())
+    rows = [(k, fid[k]) for k in keys if k in fid] + [(k, fid[k]) for k in ("n_docs", "n_windows", "n_tokens") if k in fid]
+    where = f"{meta.get('model', '?')} block {meta.get('layer', '?')} ({meta.get('kind', '?')})"
+    blocks.append(f"<h3>Spliced into the model: fidelity.json</h3><p class=\"note\">{html.escape(where)}; clean vs "
+                  "SAE, zero- and mean-ablated runs. Command: <code>" + html.escape(meta.get("command", "")) +
+                  "</code></p>" + _kv_table(rows))
+  pr = _read_eval(workdir, "probe.json")
+  if pr is not None and isinstance(pr.get("sae_acc"), dict):
+    ks = sorted(pr["sae_acc"], key=int)
+    head = "<tr><th>k</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in ks) + "</tr>"
+    body = "".join(f"<tr><td>{label}</td>" + "".join(f"<td class=n>{_fmt(pr[key].get(k))}</td>" for k in ks) + "</tr>"
+                   for label, key in (("SAE latents", "sae_acc"), ("raw dimensions", "raw_acc")))
+    tpp = ", ".join(f"N={n}: {_fmt(v)}" for n, v in sorted((pr.get("tpp") or {}).items(), key=lambda kv: int(kv[0])))
+    blocks.append(f"<h3>Sparse probing and TPP: probe.json</h3><p class=\"note\">{len(pr.get('classes', []))} classes "
+                  f"({html.escape(', '.join(pr.get('classes', [])))}), {pr.get('n_docs')} documents; mean balanced test "
+                  f"accuracy (chance 0.5). Command: <code>{html.escape((pr.get('meta') or {}).get('command', ''))}"
+                  f"</code></p><table class=\"runs\">{head}{body}</table>"
+                  + _kv_table([("full raw probe", pr.get("full_acc")), ("TPP", tpp or "–")]))
+  ev = _read_eval(workdir, "eval.json")
+  if ev is not None and isinstance(ev.get("compare"), dict):
+    c = ev["compare"]
+    rows = [(k, v) for k, v in c.items() if not isinstance(v, (dict, list))]
+    blocks.append("<h3>k̂ against a fixed-k run, the norm and a local dimension: eval.json</h3>" + _kv_table(rows))
+  if not blocks:
+    names = "; ".join(f"WORKDIR/{n} ({c})" for n, c in EVAL_FILES)
+    return f'<p class="note">No downstream evaluation next to this run. The report shows: {html.escape(names)}.</p>'
+  return "".join(blocks)
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -742,6 +813,7 @@ def build_report(workdir: str, data_dir: str, out_path: str | None = None, compa
     dead_note += (f" Training's last logged dead fraction (no activation within sae.dead_tokens="
                   f"{main.model.cfg.sae.dead_tokens:,} tokens): {100 * main.metrics[-1]['dead_frac']:.1f}%.")
   sections.append(("dead", "Dead and dense latents", dead_note + "</p>" + _plot_freq(runs)))
+  sections.append(("evals", "Downstream evaluations", _evals_html(workdir)))
 
   title = f"softsae report · {main.name} · {main.arch} F={main.model.cfg.sae.F} k={main.model.cfg.sae.k}"
   nav = "".join(f'<a href="#{sid}">{i + 1}. {html.escape(t)}</a>' for i, (sid, t, _) in enumerate(sections))

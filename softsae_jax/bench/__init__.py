@@ -32,6 +32,10 @@ The modules:
   interpolated TopK FVU, the pareto sweep points);
 * :mod:`~softsae_jax.bench.output`: metadata, Markdown, plots and the files written.
 
+``softsae bench absorption`` (:mod:`~softsae_jax.bench.absorption`) measures feature absorption per arch
+on synthetic hierarchical data where it is known exactly; ``softsae bench stability --data DIR --seeds
+0,1,2`` (:mod:`~softsae_jax.bench.stability`) matches decoder atoms across seeds per arch.
+
 This module holds the ``softsae bench`` command (:func:`add_arguments`, :func:`run`, called from
 :mod:`softsae_jax.cli`) and re-exports the public names.
 """
@@ -70,7 +74,7 @@ from softsae_jax.stats import spearman as spearman
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-  """Adds ``synthetic`` and ``pareto`` and their flags to the ``softsae bench`` parser."""
+  """Adds ``synthetic``, ``pareto``, ``absorption`` and ``stability`` and their flags to the ``softsae bench`` parser."""
   sub = p.add_subparsers(dest="bench_command", required=True)
 
   s = sub.add_parser(
@@ -119,6 +123,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                  help="override a config field for every run")
   q.add_argument("--quiet", action="store_true", help="no progress lines")
   q.set_defaults(bench_func=cmd_pareto)
+
+  from softsae_jax.bench import absorption, stability
+
+  absorption.add_parser(sub)
+  stability.add_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:

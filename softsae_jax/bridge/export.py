@@ -31,6 +31,11 @@ the token's position in the document's content token sequence, i.e. without the 
 tokens). ``vocab.json`` maps token ids to display strings (see :mod:`softsae_jax.bridge.vocab`) and
 is referenced from the manifest as ``"vocab": "vocab.json"``.
 
+Document labels: when the records of ``--texts-jsonl`` carry a ``"label"`` field (``--label-field``;
+a string or an integer, optional per record), ``labels.json`` holds them by document id — the
+``doc_index[:, 0]`` of every row — and the manifest references it as ``"labels": "labels.json"``
+(format in docs/data-format.md). ``softsae probe`` reads it.
+
 Images: the model's image processor (``AutoImageProcessor``) prepares each image; for CLIP/SigLIP
 checkpoints the vision tower is run. ``--vision-tokens`` picks the rows: ``patch`` (default, the
 patch tokens), ``cls`` (position 0 only) or ``all``. ``doc_index`` = (image id, position in the
@@ -76,6 +81,7 @@ holding only files of an export killed before its first shard is started afresh.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -93,11 +99,14 @@ from softsae_jax.shards import MANIFEST, ShardWriter
 EXPORT_VERSION = 1
 SITE = "block_output"
 VOCAB_FILE = "vocab.json"
+LABELS_FILE = "labels.json"
+LABELS_FORMAT = "softsae-labels/1"
 VISION_TOKENS = ("patch", "cls", "all")
 ARCHS = ("auto", "causal", "encoder")
 # Files a killed export may leave before its first manifest: ShardWriter's shards and side files
 # (and their temporary names), the vocabulary.
-_OWN_FILE = re.compile(r"^((shard|tokens|doc_index)_\d{5}\.npy(\.tmp\.npy)?|vocab\.json(\.tmp)?|manifest\.json\.tmp)$")
+_OWN_FILE = re.compile(r"^((shard|tokens|doc_index)_\d{5}\.npy(\.tmp\.npy)?|(vocab|labels)\.json(\.tmp)?|"
+                       r"manifest\.json\.tmp)$")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   src.add_argument("--images", metavar="DIR", help="folder of .jpg/.jpeg/.png images, sorted by name")
   parser.add_argument("--text-field", default="text", metavar="NAME",
                       help="field of --texts-jsonl records holding the text (default: text)")
+  parser.add_argument("--label-field", default="label", metavar="NAME",
+                      help="optional field of --texts-jsonl records holding a document label (string or integer), "
+                           "kept in labels.json by document id (default: label)")
   parser.add_argument("--tokenizer", default=None, metavar="NAME_OR_PATH",
                       help="tokenizer folder or hub name (default: same as --model)")
   parser.add_argument("--seq-len", type=positive_int, default=128, metavar="N",
@@ -169,11 +181,29 @@ class _Input:
     self.scan = inputs.scan_documents(self.documents())
     if self.scan.n_docs == 0:
       raise ExportError(f"{self.flag} {self.path}: no documents (the file is empty or every line is blank)")
+    self.label_field = getattr(args, "label_field", "label")
+    self.labels: list[str | None] | None = None
+    if self.flag == "--texts-jsonl":
+      labels = inputs.jsonl_labels(self.path, self.label_field)
+      self.labels = labels if any(lab is not None for lab in labels) else None
 
   def documents(self) -> Iterator[str]:
     if self.flag == "--text-file":
       return inputs.iter_text_file(self.path)
     return inputs.iter_jsonl(self.path, self.text_field)
+
+
+def labels_record(labels: list[str | None], field: str) -> dict[str, Any]:
+  """The ``labels.json`` object: class names (sorted) and each document's class index (-1: no label).
+
+  Examples:
+    >>> labels_record(["b", None, "a", "b"], "label")["doc_label"]
+    [1, -1, 0, 1]
+  """
+  classes = sorted({lab for lab in labels if lab is not None})
+  index = {c: i for i, c in enumerate(classes)}
+  return {"format": LABELS_FORMAT, "field": field, "classes": classes,
+          "doc_label": [index[lab] if lab is not None else -1 for lab in labels]}
 
 
 def _identity(name: str) -> str:
@@ -192,6 +222,10 @@ def export_fingerprint(args: argparse.Namespace, inp: _Input) -> dict[str, Any]:
     A JSON-serialisable dict; two runs may share an ``--out`` only if theirs are equal.
   """
   text = inp.kind == "text"
+  labelled = {}
+  if getattr(inp, "labels", None) is not None:  # only when there are labels: older fingerprints stay valid
+    labelled = {"label_field": inp.label_field,
+                "labels_sha256": hashlib.sha256(json.dumps(inp.labels).encode("utf-8")).hexdigest()}
   return {
       "version": EXPORT_VERSION,
       "model": _identity(args.model),
@@ -211,6 +245,7 @@ def export_fingerprint(args: argparse.Namespace, inp: _Input) -> dict[str, Any]:
       "arch": args.arch if text else "vision",
       "bos": (not args.no_bos) if text else None,
       "vision_tokens": None if text else args.vision_tokens,
+      **labelled,
   }
 
 
@@ -252,6 +287,14 @@ def _clear_partial(out: str) -> None:
     for name in os.listdir(out):
       if _OWN_FILE.match(name):
         os.remove(os.path.join(out, name))
+
+
+def _write_labels(out: str, inp: _Input) -> None:
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, LABELS_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(labels_record(inp.labels, inp.label_field), f, ensure_ascii=False)
+  os.replace(path + ".tmp", path)
 
 
 def _write_vocab(out: str, vocab: list[str]) -> None:
@@ -341,16 +384,23 @@ def _export_text(args: argparse.Namespace, inp: _Input, fingerprint: dict[str, A
             "model_type": config.model_type, "dtype": args.dtype, "torch_dtype": args.torch_dtype,
             "special_tokens": {"prefix": list(layout.prefix), "suffix": list(layout.suffix)}}
 
+  labelled = inp.labels is not None
+
   def make_writer(d_model: int) -> ShardWriter:
     _write_vocab(args.out, vocab.display_vocab(tokenizer))
+    if labelled:
+      _write_labels(args.out, inp)
     return ShardWriter(args.out, d_model=d_model, dtype=args.dtype, rows_per_shard=args.rows_per_shard,
-                       source=source, extra={"vocab": VOCAB_FILE, "export_args": fingerprint})
+                       source=source, extra={"vocab": VOCAB_FILE, "export_args": fingerprint,
+                                             **({"labels": LABELS_FILE} if labelled else {})})
 
   writer = None
   if state == "resume":
     writer = ShardWriter.resume(args.out)
     if not os.path.isfile(os.path.join(args.out, VOCAB_FILE)):
       _write_vocab(args.out, vocab.display_vocab(tokenizer))
+    if labelled and not os.path.isfile(os.path.join(args.out, LABELS_FILE)):
+      _write_labels(args.out, inp)
 
   def tokenize(texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]

@@ -111,6 +111,46 @@ def iter_jsonl(path: str, field: str = "text") -> Iterator[str]:
     yield text
 
 
+def jsonl_labels(path: str, field: str = "label") -> list[str | None]:
+  """The optional label of every document of a ``--texts-jsonl`` file (the lines :func:`iter_jsonl` reads).
+
+  Args:
+    path: the ``--texts-jsonl`` file.
+    field: the label field; a string or an integer (kept as its decimal text); a record without it,
+      or with ``null``, has no label.
+
+  Returns:
+    One entry per document, in document-id order: the label text or None.
+
+  Raises:
+    ExportError: a label that is neither a string nor an integer.
+
+  Examples:
+    >>> import tempfile
+    >>> p = tempfile.mktemp()
+    >>> _ = open(p, "w").write('{"text": "a", "label": "x"}\\n\\n{"text": "b"}\\n{"text": "c", "label": 3}\\n')
+    >>> jsonl_labels(p)
+    ['x', None, '3']
+  """
+  out: list[str | None] = []
+  for lineno, line in _lines(path, "--texts-jsonl"):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ExportError(f"--texts-jsonl {path} line {lineno}: not valid JSON ({e.msg})") from None
+    label = record.get(field) if isinstance(record, dict) else None
+    if label is None:
+      out.append(None)
+    elif isinstance(label, str) or (isinstance(label, int) and not isinstance(label, bool)):
+      out.append(str(label))
+    else:
+      raise ExportError(f"--texts-jsonl {path} line {lineno}: the {field!r} field must be a string or an integer "
+                        f"(see --label-field), got {type(label).__name__}")
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class InputScan:
   """What a validation pass over the input found: document count and a content fingerprint."""
