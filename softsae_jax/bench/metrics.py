@@ -86,6 +86,22 @@ def wasserstein_int(a_values: Sequence[float], b_values: Sequence[float]) -> flo
   return float(np.sum(np.abs(cdf_a - cdf_b)))
 
 
+def atom_cosines(a_AD, b_FD, what: str = "two [N, D] dictionaries") -> np.ndarray:
+  """Cosine similarities [A, F] between the rows of two dictionaries (rows normalised; zero rows 0).
+
+  Examples:
+    >>> atom_cosines(np.eye(2), 2 * np.eye(2)).tolist()
+    [[1.0, 0.0], [0.0, 1.0]]
+  """
+  a = np.asarray(a_AD, np.float64)
+  b = np.asarray(b_FD, np.float64)
+  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+    raise ValueError(f"Expected {what} of the same D, got {a.shape} and {b.shape}")
+  a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
+  b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
+  return a @ b.T
+
+
 def dictionary_recovery(true_AD: np.ndarray, learned_FD: np.ndarray,
                         threshold: float = RECOVERY_THRESHOLD) -> dict[str, float]:
   """How well the learned atoms (rows of ``learned_FD``) cover the true atoms (rows of ``true_AD``).
@@ -98,13 +114,7 @@ def dictionary_recovery(true_AD: np.ndarray, learned_FD: np.ndarray,
     >>> dictionary_recovery(np.eye(3), np.eye(3))["mean_max_cos"]
     1.0
   """
-  t = np.asarray(true_AD, np.float64)
-  w = np.asarray(learned_FD, np.float64)
-  if t.ndim != 2 or w.ndim != 2 or t.shape[1] != w.shape[1]:
-    raise ValueError(f"Expected true_AD [A, D] and learned_FD [F, D] of the same D, got {t.shape} and {w.shape}")
-  t = t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-30)
-  w = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-30)
-  best_A = (t @ w.T).max(axis=1)
+  best_A = atom_cosines(true_AD, learned_FD, "true_AD [A, D] and learned_FD [F, D]").max(axis=1)
   return {"mean_max_cos": float(np.mean(best_A)), "frac_recovered": float(np.mean(best_A > threshold))}
 
 

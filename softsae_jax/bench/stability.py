@@ -29,6 +29,7 @@ import numpy as np
 
 from softsae_jax import files
 from softsae_jax.cli_types import choice_list, nonneg_float_list, nonneg_int_list, positive_int
+from softsae_jax.bench.metrics import atom_cosines
 from softsae_jax.config import ARCHS, ConfigError
 
 MATCH_THRESHOLD = 0.7
@@ -44,17 +45,11 @@ def atom_stability(a_FD: np.ndarray, b_GD: np.ndarray, threshold: float = MATCH_
   """
   from scipy.optimize import linear_sum_assignment
 
-  a = np.asarray(a_FD, np.float64)
-  b = np.asarray(b_GD, np.float64)
-  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-    raise ValueError(f"Expected two [F, D] decoders of the same D, got {a.shape} and {b.shape}")
-  a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-30)
-  b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-30)
-  c = a @ b.T
+  c = atom_cosines(a_FD, b_GD, "two [F, D] decoders")
   rows, cols = linear_sum_assignment(c, maximize=True)
   matched = c[rows, cols]
   return {"mean_max_cos": float((c.max(axis=1).mean() + c.max(axis=0).mean()) / 2),
-          "frac_matched": float(np.sum(matched > threshold) / max(len(a), len(b))),
+          "frac_matched": float(np.sum(matched > threshold) / max(c.shape)),
           "mean_matched_cos": float(matched.mean())}
 
 
