@@ -167,6 +167,23 @@ def test_tuple_block_outputs_are_replaced():
   assert fidelity.replace_block_output((1, None), 2) == (2, None)
 
 
+def test_softsae_khat_is_correlated_with_the_per_token_kl():
+  """With soft=True the k the SAE reports is k-hat: its Spearman with the per-token KL is recorded."""
+  torch.manual_seed(1)
+  lm = _TupleLM().eval()
+  ws = _windows(np.random.default_rng(3), 6, 50, prefix=(0,))
+  rng = np.random.default_rng(0)
+
+  def noisy(x):  # per-token noise of random size; k-hat = that size, so it should track the damage
+    scale = rng.uniform(0.0, 1.0, len(x))
+    return x + scale[:, None] * rng.normal(size=x.shape), 16 * scale
+
+  res = fidelity.measure(lm, lm.blocks[1], fidelity.text_batches(ws, 0, "cpu", 3), kind="causal", reconstruct=noisy,
+                         mean_D=np.zeros(16), layer=1, soft=True)
+  assert "l0_kl_spearman" not in res and res["khat_kl_spearman"] > 0.5
+  assert res["k_hat_mean"] == pytest.approx(8.0, abs=1.5)
+
+
 def test_the_last_gpt2_block_is_refused(tiny_gpt2):
   """hidden_states[-1] of GPT-2 includes ln_f: splicing the block output there would not match the export."""
   lm = _gpt2(tiny_gpt2)
