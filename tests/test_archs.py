@@ -84,6 +84,12 @@ class ArchVariantsTest(chex.TestCase):
       fvu = self.variant(losses.fvu)(rows(1), terms.recon_BD, jnp.ones((B,), jnp.float32))
       assert float(fvu) > 0
 
+
+
+@pytest.mark.slow
+class TrainStepVariantsTest(chex.TestCase):
+  """train_step with and without jit for every arch (a compile per arch and variant: the slow tier)."""
+
   @chex.variants(with_jit=True, without_jit=True)
   def test_train_step(self):
     for name in config_lib.ARCHS:

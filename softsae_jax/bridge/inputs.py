@@ -94,6 +94,18 @@ def iter_jsonl(path: str, field: str = "text") -> Iterator[str]:
     >>> list(iter_jsonl(p))
     ['hi', '']
   """
+  for lineno, record in _jsonl_records(path):
+    text = record.get(field)
+    if not isinstance(text, str):
+      got = "no such field" if field not in record else f"got {type(text).__name__}"
+      raise ExportError(f"--texts-jsonl {path} line {lineno}: expected a string field {field!r} "
+                      f"(see --text-field), {got}")
+    yield text
+
+
+def _jsonl_records(path: str):
+  """(line number, JSON object) of every non-blank line of a ``--texts-jsonl`` file; a line that is
+  not a JSON object is a one-line ExportError naming the file and line."""
   for lineno, line in _lines(path, "--texts-jsonl"):
     if not line.strip():
       continue
@@ -103,12 +115,7 @@ def iter_jsonl(path: str, field: str = "text") -> Iterator[str]:
       raise ExportError(f"--texts-jsonl {path} line {lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(record, dict):
       raise ExportError(f"--texts-jsonl {path} line {lineno}: expected a JSON object, got {type(record).__name__}")
-    text = record.get(field)
-    if not isinstance(text, str):
-      got = "no such field" if field not in record else f"got {type(text).__name__}"
-      raise ExportError(f"--texts-jsonl {path} line {lineno}: expected a string field {field!r} "
-                      f"(see --text-field), {got}")
-    yield text
+    yield lineno, record
 
 
 def jsonl_labels(path: str, field: str = "label") -> list[str | None]:
@@ -133,14 +140,8 @@ def jsonl_labels(path: str, field: str = "label") -> list[str | None]:
     ['x', None, '3']
   """
   out: list[str | None] = []
-  for lineno, line in _lines(path, "--texts-jsonl"):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise ExportError(f"--texts-jsonl {path} line {lineno}: not valid JSON ({e.msg})") from None
-    label = record.get(field) if isinstance(record, dict) else None
+  for lineno, record in _jsonl_records(path):
+    label = record.get(field)
     if label is None:
       out.append(None)
     elif isinstance(label, str) or (isinstance(label, int) and not isinstance(label, bool)):
