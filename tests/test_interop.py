@@ -33,6 +33,8 @@ from softsae_jax.shards import ShardWriter
 from softsae_jax.types import Params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The torch module and the dictionary_learning format need torch (the `bridge` extra; CI installs it).
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch (the bridge extra)")
 D = 16
 SOURCE = {"model": "gpt2", "layer": 3, "site": "block_output", "hidden_states_index": 4, "seq_len": 64,
           "model_type": "gpt2", "special_tokens": {"prefix": [50256], "suffix": []}}
@@ -167,6 +169,7 @@ def test_sparsify_bf16_imports_and_matches_its_forward(tmp_path, capsys):
   assert rc == 1 and "hookpoint folders (layers.6)" in err and len(err.strip().splitlines()) == 1
 
 
+@needs_torch
 def test_gemmascope_folds_b_dec_and_matches_its_forward(tmp_path, capsys):
   rng = np.random.default_rng(1)
   t = write_gemmascope(str(tmp_path / "gs"), rng)
@@ -194,6 +197,7 @@ def test_gemmascope_folds_b_dec_and_matches_its_forward(tmp_path, capsys):
   assert json.load(open(tmp_path / "sl" / "cfg.json"))["architecture"] == "jumprelu"
 
 
+@needs_torch
 def test_saelens_softsae_folder_torch_module_and_jax_agree(tmp_path, capsys):
   """A hand-written SAELens SoftSAE folder: NumPy reference == torch module == imported JAX workdir."""
   import torch
@@ -228,6 +232,7 @@ def test_saelens_softsae_folder_torch_module_and_jax_agree(tmp_path, capsys):
   assert str(mod.device) == "cpu"
 
 
+@needs_torch
 def test_torch_module_imports_and_runs_without_jax(tmp_path):
   rng = np.random.default_rng(3)
   t, _ = write_saelens_softsae(str(tmp_path / "sl"), rng)
@@ -296,6 +301,7 @@ def test_unsupported_inputs_are_one_line_errors(kind, tmp_path, capsys):
   assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
 
 
+@needs_torch
 def test_dictionary_learning_unsupported_dict_class(tmp_path, capsys):
   os.makedirs(tmp_path / "dl")
   with open(tmp_path / "dl" / "config.json", "w") as fh:
@@ -416,6 +422,7 @@ def same_files(a, b):
       assert fa.read() == fb.read(), name
 
 
+@needs_torch
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", config_lib.ARCHS)
 def test_export_import_export_is_bitwise_and_inference_equal(arch, runs, tmp_path, capsys):
@@ -486,6 +493,7 @@ def test_saelens_metadata_sparsity_and_imported_workdir_in_the_cli(runs, tmp_pat
   assert rc == 0, err
 
 
+@needs_torch
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", config_lib.ARCHS)
 def test_torch_module_and_flax_adapter_match_the_engine(arch, runs):
@@ -579,6 +587,7 @@ def dictionary_learning_reference(sd, dict_class, x):
   return codes, codes @ a["decoder.weight"].T + b_dec, k_hat
 
 
+@needs_torch
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", DL_ARCHS)
 def test_dictionary_learning_files_follow_their_classes(arch, runs):
