@@ -22,6 +22,7 @@ transformers = pytest.importorskip("transformers")
 
 from softsae_jax.bridge import export as export_mod  # noqa: E402
 from softsae_jax.shards import open_dataset  # noqa: E402
+from tiny_models import BOS, save_tiny_gpt2, topics  # noqa: E402
 
 pytestmark = [
     pytest.mark.bridge,
@@ -32,7 +33,6 @@ pytestmark = [
 ]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BOS = "<|endoftext|>"
 
 
 @pytest.fixture(autouse=True)
@@ -41,12 +41,6 @@ def _offline(monkeypatch):
   monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-def _topics(n, start=0, max_chars=None):
-  """Paragraphs of Python's own docs (shipped with Python), newlines flattened."""
-  import pydoc_data.topics
-
-  texts = [" ".join(v.split()) for v in list(pydoc_data.topics.topics.values())[start:start + n]]
-  return [t[:max_chars] for t in texts] if max_chars else texts
 
 
 def _export(*argv):
@@ -91,26 +85,12 @@ def _reference_text(model_dir, tokenizer, docs, layer, seq_len, prefix, suffix):
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
   """A random 2-block GPT-2 and a byte-level BPE tokenizer trained here, saved to one folder."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-  bpe = Tokenizer(models.BPE())
-  bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  bpe.decoder = decoders.ByteLevel()
-  bpe.train_from_iterator(_topics(20), trainers.BpeTrainer(
-      vocab_size=320, special_tokens=[BOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=BOS, eos_token=BOS, unk_token=BOS)
-  torch.manual_seed(0)
-  cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-  path = tmp_path_factory.mktemp("tiny_gpt2")
-  transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
-  tok.save_pretrained(path)
-  return str(path)
+  return save_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
 
 
 @pytest.fixture(scope="module")
 def gpt2_docs(tmp_path_factory):
-  docs = _topics(5, start=30, max_chars=400) + ["Short one."]
+  docs = topics(5, start=30, max_chars=400) + ["Short one."]
   path = tmp_path_factory.mktemp("docs") / "docs.txt"
   # blank and whitespace-only lines are not documents
   path.write_text(docs[0] + "\n\n   \n" + "\n".join(docs[1:]) + "\n", encoding="utf-8")
@@ -185,7 +165,7 @@ def test_llama_style_tokenizer_bos_not_doubled(tmp_path):
   bpe = Tokenizer(models.BPE(unk_token="<unk>"))
   bpe.pre_tokenizer = pre_tokenizers.Metaspace()
   bpe.decoder = decoders.Metaspace()
-  bpe.train_from_iterator(_topics(10), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+  bpe.train_from_iterator(topics(10), trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
                                                            show_progress=False))
   bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
   tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
@@ -196,7 +176,7 @@ def test_llama_style_tokenizer_bos_not_doubled(tmp_path):
   path = tmp_path / "llama"
   transformers.LlamaForCausalLM(cfg).save_pretrained(path)
   tok.save_pretrained(path)
-  docs = _topics(3, start=50, max_chars=300)
+  docs = topics(3, start=50, max_chars=300)
   (tmp_path / "docs.txt").write_text("\n".join(docs), encoding="utf-8")
   out = tmp_path / "acts"
   assert _export("--model", path, "--layer", 0, "--out", out, "--text-file", tmp_path / "docs.txt", "--seq-len", 20,
@@ -225,7 +205,7 @@ def minilm():
 
 @pytest.mark.slow
 def test_minilm_layer3_equals_hidden_states(minilm, tmp_path):
-  docs = _topics(3, start=10, max_chars=700)
+  docs = topics(3, start=10, max_chars=700)
   jsonl = tmp_path / "docs.jsonl"
   jsonl.write_text("\n".join(json.dumps({"text": d, "id": i}) for i, d in enumerate(docs)) + "\n\n", encoding="utf-8")
   out = tmp_path / "acts"
@@ -355,7 +335,7 @@ def _cli_env():
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted(tiny_gpt2, tmp_path):
   text_file = tmp_path / "long.txt"
-  text_file.write_text("\n".join(_topics(12, start=40, max_chars=400)), encoding="utf-8")
+  text_file.write_text("\n".join(topics(12, start=40, max_chars=400)), encoding="utf-8")
   cmd = lambda out: [sys.executable, "-m", "softsae_jax.bridge.export", "--model", tiny_gpt2, "--layer", "0",
                      "--out", str(out), "--text-file", str(text_file), "--seq-len", "16", "--batch-size", "2",
                      "--rows-per-shard", "32", "--quiet"]

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from softsae_jax import cli, handmade  # noqa: E402
+from tiny_models import BOS, save_tiny_gpt2, topics, train_in_subprocess  # noqa: E402
 from softsae_jax.bridge import fidelity, inputs  # noqa: E402
 from softsae_jax.bridge import export as export_mod  # noqa: E402
 
@@ -28,17 +29,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
-BOS = "<|endoftext|>"
-
-
-def _train_in_subprocess(*args):
-  """``softsae train`` in its own process with one CPU device. In this process torch has run, and its
-  busy-waiting threads can keep XLA:CPU's 8 simulated devices (tests/conftest.py) from meeting their
-  all-reduce rendezvous on a loaded 2-core machine, which aborts the process."""
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "softsae_jax.cli", "train", *map(str, args)], env=env,
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-2000:]
 
 
 @pytest.fixture(autouse=True)
@@ -47,31 +37,9 @@ def _offline(monkeypatch):
   monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
-def _topics(n, start=0, max_chars=None):
-  import pydoc_data.topics
-
-  texts = [" ".join(v.split()) for v in list(pydoc_data.topics.topics.values())[start:start + n]]
-  return [t[:max_chars] for t in texts] if max_chars else texts
-
-
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
-  """A random 2-block GPT-2 (n_embd 32) and a byte-level BPE tokenizer trained here, in one folder."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-  bpe = Tokenizer(models.BPE())
-  bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  bpe.decoder = decoders.ByteLevel()
-  bpe.train_from_iterator(_topics(20), trainers.BpeTrainer(
-      vocab_size=320, special_tokens=[BOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=BOS, eos_token=BOS, unk_token=BOS)
-  torch.manual_seed(0)
-  cfg = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
-                                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-  path = tmp_path_factory.mktemp("tiny_gpt2")
-  transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
-  tok.save_pretrained(path)
-  return str(path)
+  return save_tiny_gpt2(tmp_path_factory.mktemp("tiny_gpt2"))
 
 
 def _windows(rng, n_docs, vocab, prefix=(), length=20):
@@ -212,7 +180,7 @@ def _cli(*argv):
 def gpt2_export(tiny_gpt2, tmp_path_factory):
   root = tmp_path_factory.mktemp("gpt2_export")
   docs = root / "docs.txt"
-  docs.write_text("\n".join(_topics(6, start=30, max_chars=300)) + "\n", encoding="utf-8")
+  docs.write_text("\n".join(topics(6, start=30, max_chars=300)) + "\n", encoding="utf-8")
   acts = root / "acts"
   assert export_mod.main(["--model", tiny_gpt2, "--layer", "0", "--out", str(acts), "--text-file", str(docs),
                           "--seq-len", "24", "--dtype", "float32", "--quiet"]) == 0
@@ -261,12 +229,12 @@ def test_minilm_trained_sae_beats_mean_ablation(minilm, tmp_path):
   """20 pydoc topics through the packaged MiniLM (block 3): a demo-like SAE trained briefly on them
   keeps the sentence embeddings far better than mean ablation; every metric is finite."""
   docs = tmp_path / "docs.txt"
-  docs.write_text("\n".join(_topics(20)) + "\n", encoding="utf-8")
+  docs.write_text("\n".join(topics(20)) + "\n", encoding="utf-8")
   acts = tmp_path / "acts"
   assert export_mod.main(["--model", minilm, "--layer", "3", "--out", str(acts), "--text-file", str(docs),
                           "--max-tokens", "6000", "--quiet"]) == 0
   w = tmp_path / "topk"
-  _train_in_subprocess("--data", acts, "--workdir", w, "--quiet", "--set", "sae.arch=topk", "--set", "sae.k=16",
+  train_in_subprocess("--data", acts, "--workdir", w, "--quiet", "--set", "sae.arch=topk", "--set", "sae.k=16",
                        "--set", "sae.expansion=2", "--set", "train.steps=150", "--set", "train.batch_size=256",
                        "--set", "train.lr=1e-3")
   assert _cli("fidelity", "--workdir", w, "--text-file", docs, "--quiet") == 0

@@ -18,16 +18,10 @@ pytest.importorskip("sklearn")
 
 from softsae_jax import cli, handmade, probe  # noqa: E402
 from softsae_jax.shards import ShardWriter, open_dataset  # noqa: E402
+from tiny_models import train_in_subprocess  # noqa: E402
 
 
-def _train_in_subprocess(*args):
-  """``softsae train`` in its own process with one CPU device. In this process torch has run, and its
-  busy-waiting threads can keep XLA:CPU's 8 simulated devices (tests/conftest.py) from meeting their
-  all-reduce rendezvous on a loaded 2-core machine, which aborts the process."""
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "softsae_jax.cli", "train", *map(str, args)], env=env,
-                     capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-2000:]
+
 
 def _labelled_dataset(path, x_ND, doc_N, classes, doc_label):
   w = ShardWriter(str(path), d_model=x_ND.shape[1], dtype="float32", rows_per_shard=97,
@@ -142,7 +136,7 @@ def test_minilm_docstrings_full_beats_sparse(tmp_path, monkeypatch):
   assert ds.manifest["labels"] == "labels.json" and labels["classes"] == sorted(corpora.DEFAULT_PACKAGES)
   assert [labels["classes"][i] for i in labels["doc_label"]] == [r["label"] for r in recs]
   w = tmp_path / "topk"
-  _train_in_subprocess("--data", acts, "--workdir", w, "--quiet", "--set", "sae.arch=topk", "--set", "sae.k=16",
+  train_in_subprocess("--data", acts, "--workdir", w, "--quiet", "--set", "sae.arch=topk", "--set", "sae.k=16",
                        "--set", "sae.expansion=2", "--set", "train.steps=150", "--set", "train.batch_size=256",
                        "--set", "train.lr=1e-3")
   assert cli.main(["probe", "--workdir", str(w), "--data", str(acts), "--tpp-ns", "5,20"]) == 0
