@@ -8,8 +8,6 @@ plus the packaged all-MiniLM-L6-v2; nothing is downloaded.
 
 import json
 import os
-import subprocess
-import sys
 import types
 
 import numpy as np

@@ -7,9 +7,6 @@ probe, which beats k = 1, all above chance.
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
