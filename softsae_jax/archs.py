@@ -58,6 +58,8 @@ class Schedule(NamedTuple):
   alpha: jax.Array  # the soft top-k's Laplace scale
   hard: jax.Array  # bool: SoftSAE's hard phase
   l0_coeff: jax.Array  # JumpReLU's L0 coefficient (warmed up from 0)
+  k: jax.Array  # the target k (float32): ``sae.k``, or a sweep member's own k (static bound: ``sae.k``)
+  kmax: jax.Array  # SoftSAE's k-hat bound: ``sae.kmax``, or a sweep member's own (static bound: ``sae.kmax``)
 
 
 class Terms(NamedTuple):
@@ -129,20 +131,22 @@ def _softsae_init(keys, w_enc_DF, cfg: SaeConfig) -> KEstimator:
                     b_k2=jax.random.uniform(k_b2, (), jnp.float32, -bound, bound))
 
 
-def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig) -> jax.Array:
+def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None) -> jax.Array:
   """SoftSAE's k-hat: clamp(k_max * sigmoid(w2 . ReLU((x - b_dec) W1 + b1) + b2), 1, F), [B] float32.
 
-  Kept in float32 whatever the compute dtype (docs/method.md §2.2: bf16 would quantise k-hat).
+  ``kmax``: a traced k_max (a sweep member's own) instead of ``cfg.kmax``. Kept in float32 whatever
+  the compute dtype (docs/method.md §2.2: bf16 would quantise k-hat).
   """
   est: KEstimator = params.extra
   h_BF = jax.nn.relu(affine(x_BD, params.b_dec, est.w_k1, est.b_k1, cfg.compute_dtype))
   logit_B = h_BF @ est.w_k2 + est.b_k2
-  return jnp.clip(cfg.kmax * jax.nn.sigmoid(logit_B), 1.0, float(cfg.F))
+  kmax = cfg.kmax if kmax is None else kmax
+  return jnp.clip(kmax * jax.nn.sigmoid(logit_B), 1.0, float(cfg.F))
 
 
-def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig, mesh=None) -> Codes:
+def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig, mesh=None, kmax=None) -> Codes:
   pre_BF = pre_acts(params, x_BD, cfg)
-  k_B = estimate_k(params, x_BD, cfg)
+  k_B = estimate_k(params, x_BD, cfg, kmax)
   scores_BF = pre_BF if cfg.soft_grad == "faithful" else jax.lax.stop_gradient(pre_BF)
   return Codes(pre_BF, pre_BF * parallel.soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax, mesh=mesh), k_B)
 
@@ -151,14 +155,14 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
   sae = cfg.sae
 
   def soft(_):
-    codes = _softsae_soft_codes(params, x_BD, sched.alpha, sae, mesh)
+    codes = _softsae_soft_codes(params, x_BD, sched.alpha, sae, mesh, sched.kmax)
     k_loss = losses.k_budget_loss(codes.k_B, sched.k_budget, sae.k_loss_beta, valid_B)
     return _dense_terms(params, x_BD, valid_B, codes.acts_BF, codes.pre_BF, sae,
                         sparsity=sae.k_loss_weight * k_loss, k_B=codes.k_B)
 
   def hard_phase(_):
     pre_BF = pre_acts(params, x_BD, sae)
-    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae))
+    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae, sched.kmax))
     return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, mesh, stop=cfg.train.hard_freeze)
 
   if parallel.model_shards(mesh) == 1:
@@ -188,7 +192,7 @@ def _softsae_frozen(sched: Schedule, any_dead, params: Params, cfg: Config):
 
 
 def _topk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
-  k_B = jnp.full(x_BD.shape[:1], float(cfg.sae.k))
+  k_B = jnp.full(x_BD.shape[:1], sched.k, jnp.float32)
   return _sparse_topk_terms(params, x_BD, valid_B, pre_acts(params, x_BD, cfg.sae), k_B, cfg.sae.k, mesh)
 
 
@@ -200,12 +204,13 @@ def _topk_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
 
 def _batchtopk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
-  return _dense_terms(params, x_BD, valid_B, parallel.batch_topk(pre_BF, cfg.sae.k, mesh), pre_BF, cfg.sae)
+  return _dense_terms(params, x_BD, valid_B, parallel.batch_topk(pre_BF, cfg.sae.k, mesh, count=sched.k), pre_BF,
+                      cfg.sae)
 
 
 def _matryoshka_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
-  acts_BF = parallel.batch_topk(pre_BF, cfg.sae.k, mesh)
+  acts_BF = parallel.batch_topk(pre_BF, cfg.sae.k, mesh, count=sched.k)
   main, recon_BD = losses.matryoshka_loss(params, x_BD, acts_BF, cfg.sae.group_sizes(), valid_B)
   return Terms(recon_BD, acts_BF, pre_BF, _count(acts_BF), main, jnp.zeros((), jnp.float32))
 
@@ -403,7 +408,8 @@ def encode(params: Params, x_BD: jax.Array, cfg: SaeConfig, *, train: bool = Fal
     return _softsae_soft_codes(params, x_BD, alpha, cfg, mesh)
   full = Config(sae=cfg, train=config_lib.TrainConfig(steps=1))  # train_terms reads cfg.train only in
   # SoftSAE's hard phase, which this never enters
-  sched = Schedule(jnp.float32(cfg.k), jnp.float32(cfg.alpha), jnp.asarray(False), jnp.float32(cfg.l0_coeff))
+  sched = Schedule(jnp.float32(cfg.k), jnp.float32(cfg.alpha), jnp.asarray(False), jnp.float32(cfg.l0_coeff),
+                   jnp.float32(cfg.k), jnp.float32(cfg.kmax))
   terms = get(cfg.arch).train_terms(params, x_BD, jnp.ones(x_BD.shape[:1], jnp.float32), sched, full, mesh)
   return Codes(terms.pre_BF, terms.acts_BF, terms.k_B)
 

@@ -1,4 +1,4 @@
-"""The ``softsae`` console script: export / train / eval / encode / report / bench.
+"""The ``softsae`` console script: export / train / sweep-split / eval / encode / report / bench / ...
 
 Every subcommand has the same shape, ``add_arguments(parser)`` and ``run(args) -> int``, and is one
 row of :data:`COMMANDS`. A command's module is imported only when that command is parsed, so
@@ -51,6 +51,7 @@ COMMANDS = (
             "add_eval_arguments", "run_eval"),
     Command("encode", "per-row sparse codes (CSR) and k, in data order", "softsae_jax.commands",
             "add_encode_arguments", "run_encode"),
+    Command("sweep-split", "one ordinary workdir per member of a sweep (k{K}-seed{S})", "softsae_jax.sweep"),
     Command("report", "a self-contained HTML report of a trained SAE", "softsae_jax.report"),
     Command("bench", "benchmarks: synthetic ground truth, FVU-vs-L0 Pareto", "softsae_jax.bench"),
     Command("convert", "export a workdir to SAELens/dictionary_learning, or import SAELens/sparsify/"

@@ -49,7 +49,9 @@ def run_train(args: argparse.Namespace) -> int:
   last = trainer.train(args.data, args.workdir, cfg, progress=not args.quiet,
                        log=lambda m: print(m, file=sys.stderr))
   if last and not last.get("finished"):
-    print(json.dumps({k: last[k] for k in ("step", "loss", "fvu", "l0_mean", "k_mean", "dead_frac") if k in last}))
+    keys = ("step", "member", "k", "seed", "loss", "fvu", "l0_mean", "k_mean", "dead_frac")
+    for rec in last.get("members", [last]):  # a sweep: one line per member
+      print(json.dumps({k: rec[k] for k in keys if k in rec}))
   return 0
 
 

@@ -239,6 +239,9 @@ class DataConfig:
     norm_sample_rows: rows sampled (deterministically) to estimate the norm factor.
     shuffle: a global, per-epoch reshuffle of all rows (grain index_shuffle; O(1) memory).
     prefetch: batches prepared ahead on a background thread.
+    seed: the seed of the data order; None means ``train.seed``. A seed sweep (``sweep.seed``) varies
+      the initialisation only, so its members' own configs (``softsae sweep-split``) set this to the
+      sweep's data seed.
   """
 
   skip_nonfinite: bool = False
@@ -246,6 +249,7 @@ class DataConfig:
   norm_sample_rows: int = 16384
   shuffle: bool = True
   prefetch: int = 2
+  seed: int | None = None
 
   def __post_init__(self):
     if self.norm_sample_rows < 1:
@@ -278,11 +282,84 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  """Several SAEs trained together in one compiled step on the same batches (docs/scale-out.md §Sweeps).
+
+  Attributes:
+    k: values of ``sae.k``, one member each (empty: ``sae.k`` only). Not for relu/jumprelu (no k).
+    seed: initialisation seeds, one member each (empty: ``train.seed`` only). The data order stays
+      that of ``data.seed`` (or ``train.seed``) for every member.
+
+  The members are the product k x seed, in that order (k outer). Each member is the model its own
+  config (:meth:`Config.members`) trains alone, up to float summation order.
+  """
+
+  k: tuple[int, ...] = ()
+  seed: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    for name in ("k", "seed"):
+      vals = getattr(self, name)
+      if len(set(vals)) != len(vals):
+        raise ConfigError(f"sweep.{name} has repeated values: {vals}")
+    if any(v < 1 for v in self.k):
+      raise ConfigError(f"sweep.k values must be >= 1; got {self.k}")
+    if any(v < 0 for v in self.seed):
+      raise ConfigError(f"sweep.seed values must be >= 0; got {self.seed}")
+
+  def __bool__(self) -> bool:
+    return bool(self.k or self.seed)
+
+
+class Member(typing.NamedTuple):
+  """One member of a sweep: its index on the state's leading axis, its k and seed, its own config."""
+
+  index: int
+  k: int
+  seed: int
+  config: "Config"
+
+  @property
+  def name(self) -> str:
+    return f"k{self.k}-seed{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   sae: SaeConfig = dataclasses.field(default_factory=SaeConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+  sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
+
+  @property
+  def data_seed(self) -> int:
+    """The seed of the data order (``data.seed``, else ``train.seed``)."""
+    return self.train.seed if self.data.seed is None else self.data.seed
+
+  def members(self) -> list[Member]:
+    """The sweep's members (k outer, seed inner); one member (this config) when there is no sweep.
+
+    Examples:
+      >>> cfg = Config(sae=SaeConfig(arch="topk", k=8), sweep=SweepConfig(k=(4, 8), seed=(0, 1)))
+      >>> [(m.index, m.name) for m in cfg.members()]
+      [(0, 'k4-seed0'), (1, 'k4-seed1'), (2, 'k8-seed0'), (3, 'k8-seed1')]
+      >>> m = cfg.members()[1].config
+      >>> m.sae.k, m.train.seed, m.data_seed, bool(m.sweep)
+      (4, 1, 0, False)
+    """
+    if not self.sweep:
+      return [Member(0, self.sae.k, self.train.seed, self)]
+    out = []
+    for k in self.sweep.k or (self.sae.k,):
+      for seed in self.sweep.seed or (self.train.seed,):
+        data = dataclasses.replace(self.data, seed=None if seed == self.data_seed else self.data_seed)
+        cfg = dataclasses.replace(self, sae=dataclasses.replace(self.sae, k=k), data=data,
+                                  train=dataclasses.replace(self.train, seed=seed), sweep=SweepConfig())
+        if self.sae.d_in is not None:
+          cfg = cfg.resolve(self.sae.d_in)
+        out.append(Member(len(out), k, seed, cfg))
+    return out
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -295,13 +372,24 @@ class Config:
     if self.sae.d_in is not None and self.sae.d_in != d_in:
       raise ConfigError(f"sae.d_in is {self.sae.d_in} but the data has d_model={d_in}")
     sae = dataclasses.replace(self.sae, d_in=d_in)
-    sae = dataclasses.replace(sae, n_latents=sae.F, k_max=sae.kmax if sae.arch == "softsae" else sae.k_max)
+    # A k sweep keeps k_max unset: each member's default k_max is 2 x its own k.
+    auto_kmax = sae.arch == "softsae" and not self.sweep.k
+    sae = dataclasses.replace(sae, n_latents=sae.F, k_max=sae.kmax if auto_kmax else sae.k_max)
     if sae.F % self.mesh.model:
       raise ConfigError(f"mesh.model ({self.mesh.model}) must divide sae.n_latents ({sae.F})")
-    return dataclasses.replace(self, sae=sae)
+    out = dataclasses.replace(self, sae=sae)
+    if self.sweep:
+      if self.sweep.k and sae.arch in ("relu", "jumprelu"):
+        raise ConfigError(f"sweep.k: sae.arch={sae.arch} has no k to sweep; sweep seeds only, or use softsae, "
+                          "topk, batchtopk or matryoshka")
+      if self.mesh.model > 1:
+        raise ConfigError(f"a sweep keeps every member's latents on one device: set mesh.model=1 "
+                          f"(got {self.mesh.model}); mesh.data still splits the batch")
+      out.members()  # checks every member's own config
+    return out
 
 
-_SECTIONS = {"sae": SaeConfig, "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig}
+_SECTIONS = {"sae": SaeConfig, "train": TrainConfig, "data": DataConfig, "mesh": MeshConfig, "sweep": SweepConfig}
 
 
 def _convert(text: str, tp: Any, key: str) -> Any:

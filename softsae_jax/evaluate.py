@@ -172,6 +172,9 @@ def load(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | Non
       raise CheckpointError(f"{ckdir} holds no complete checkpoint")
     cfg_dict, _ = ck.restore_meta(step)
     cfg = config_lib.from_dict(cfg_dict)
+    if cfg.sweep:
+      raise CheckpointError(f"{workdir} holds a sweep of {len(cfg.members())} SAEs; split it first: "
+                            f"softsae sweep-split --workdir {workdir} --out DIR, then use DIR/k<K>-seed<S>")
     mesh = sharding.make_mesh() if mesh is None else mesh
     if cfg.sae.F % mesh.shape["model"]:
       raise config_lib.ConfigError(f"mesh.model ({mesh.shape['model']}) must divide the run's n_latents ({cfg.sae.F})")

@@ -37,7 +37,7 @@ def k_budget_loss(k_B, budget, beta, valid_B):
   return jax.nn.softplus(beta * delta) / beta
 
 
-def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=None):
+def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=None, run=None):
   """AuxK: reconstruct the residual from the k_aux largest activations of dead latents.
 
   ``pre_BF`` are post-ReLU activations before top-k; ``err_BD`` the residual x - recon (its
@@ -45,6 +45,9 @@ def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=
   ``n_dead`` ranks count (a mask, not a shape). Normalised by the residual's total variance;
   0 when nothing is dead (and then not computed at all), NaN mapped to 0 (docs/method.md §3.2).
   With a mesh splitting the latents the selection is shard-local (:mod:`softsae_jax.parallel`).
+  ``run``: the predicate of the "compute at all" ``cond`` when given (a sweep passes "any member has
+  dead latents", unbatched, so the vmap over members keeps the ``cond``); the result is still 0 for a
+  member with nothing dead.
   """
   from softsae_jax import parallel
 
@@ -62,9 +65,9 @@ def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=
     mean_D = jnp.sum(err_BD * valid_B[:, None], axis=0) / n
     den = jnp.sum(jnp.sum(jnp.square(err_BD - mean_D[None, :]), axis=1) * valid_B) / n
     out = num / den
-    return jnp.where(jnp.isfinite(out), out, 0.0)
+    return jnp.where(jnp.isfinite(out) & (n_dead > 0), out, 0.0)
 
-  return jax.lax.cond(n_dead > 0, compute, lambda _: jnp.zeros((), jnp.float32), None)
+  return jax.lax.cond(n_dead > 0 if run is None else run, compute, lambda _: jnp.zeros((), jnp.float32), None)
 
 
 def l1_penalty(acts_BF, w_dec_FD, valid_B):

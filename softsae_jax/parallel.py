@@ -45,9 +45,26 @@ ATOMS = P("model", None)  # [F, D]
 DEC = P("data", None)  # [B, D]
 
 
+class _Members:
+  """The type of :data:`MEMBERS`."""
+
+  def __repr__(self):
+    return "parallel.MEMBERS"
+
+
+MEMBERS = _Members()
+"""Passed as ``mesh`` inside a sweep's ``jax.vmap`` over members (:func:`softsae_jax.train.sweep_train_step`):
+every selection is the single-device one, and the soft top-k folds the member axis into its rows
+(a plain vmap would turn its ``lax.cond``s into ``select``s that always run the full-sort path)."""
+
+
+def _local(mesh) -> bool:
+  return mesh is None or mesh is MEMBERS
+
+
 def model_shards(mesh: Mesh | None) -> int:
   """How many shards F is split into (1 without a mesh)."""
-  return 1 if mesh is None else int(mesh.shape["model"])
+  return 1 if _local(mesh) else int(mesh.shape["model"])
 
 
 def _row_sum(a_bf):
@@ -75,7 +92,7 @@ def topk_decode(pre_BF, count_B, max_k: int, w_dec_FD, mesh: Mesh | None, *, sto
   gradient through the kept values; ``dense_decode`` decodes by one dense matmul of the scattered
   codes instead of the per-slot gather (AuxK's large K). Differentiable in ``pre_BF`` and ``w_dec_FD``.
   """
-  if mesh is None:
+  if _local(mesh):
     vals_BK, idx_BK = topk_sparse(pre_BF, count_B, max_k)
     return _decode_local(vals_BK, idx_BK, w_dec_FD, pre_BF.shape[1], stop, dense_decode)
   fn = functools.partial(_topk_decode_shard, max_k=max_k, stop=stop, dense_decode=dense_decode,
@@ -86,7 +103,7 @@ def topk_decode(pre_BF, count_B, max_k: int, w_dec_FD, mesh: Mesh | None, *, sto
 
 def topk_acts(pre_BF, count_B, max_k: int, mesh: Mesh | None):
   """``hard_topk``: the ``floor(count_B)`` largest entries of each row, zero elsewhere (inference)."""
-  if mesh is None:
+  if _local(mesh):
     return topk_lib.hard_topk(pre_BF, count_B, max_k=max_k)
   fn = functools.partial(_topk_acts_shard, max_k=max_k, shards=model_shards(mesh))
   return jax.shard_map(fn, mesh=mesh, in_specs=(ROWS, ROW), out_specs=ROWS, check_vma=False)(pre_BF, count_B)
@@ -134,16 +151,20 @@ def _topk_acts_shard(pre_bf, count_b, *, max_k, shards):
 # ------------------------------------------------------------------------------------- batch top-k
 
 
-def batch_topk(pre_BF, k: int, mesh: Mesh | None):
+def batch_topk(pre_BF, k: int, mesh: Mesh | None, *, count: jax.Array | None = None):
   """Keeps the k*B largest entries of the whole batch, zeros elsewhere (BatchTopK's training rule).
+
+  ``count``: a traced k <= ``k`` (a sweep member's own), on the single-device path.
 
   Sharded: the global (k*B)-th value becomes a threshold each shard applies; entries tied with it are
   all kept (a measure-zero difference from the single-device ``lax.top_k`` order).
   """
   from softsae_jax.sae import batch_topk as batch_topk_local
 
-  if mesh is None:
-    return batch_topk_local(pre_BF, k)
+  if _local(mesh):
+    return batch_topk_local(pre_BF, k, count)
+  if count is not None:
+    raise ValueError("a traced batch top-k count is single-device only (sweeps)")
   total = k * pre_BF.shape[0]
 
   def shard(pre_bf):
@@ -163,10 +184,37 @@ def soft_topk(x_BF, k_B, alpha, *, max_k: int, mesh: Mesh | None):
   """LapSum soft top-k (:func:`softsae_jax.topk.soft_topk`) of float32 rows [B, F] with k_B [B]."""
   if mesh is None:
     return topk_lib.soft_topk(x_BF, k_B, alpha, max_k=max_k)
+  if mesh is MEMBERS:
+    return _members_soft_topk(max_k)(x_BF, k_B, jnp.asarray(alpha, x_BF.dtype))
   num_m = topk_lib._candidate_count(max_k, x_BF.shape[1])
   if num_m is None:
     raise ValueError(f"the sharded soft top-k needs max_k + 16 < F; got max_k={max_k}, F={x_BF.shape[1]}")
   return _sharded_soft_topk(mesh, num_m)(x_BF, k_B, jnp.asarray(alpha, x_BF.dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _members_soft_topk(max_k: int):
+  """``topk.soft_topk`` whose vmap over sweep members folds the members into rows ([S, B, F] -> [S*B, F]).
+
+  Only ever called under that vmap: a ``custom_vmap`` function is differentiable through ``grad(vmap(f))``
+  (the sweep's gradient is taken outside the vmap) but not by itself.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def op(x_BF, k_B, alpha):
+    return topk_lib.soft_topk(x_BF, k_B, alpha, max_k=max_k)
+
+  @op.def_vmap
+  def _rule(axis_size, in_batched, x_BF, k_B, alpha):
+    x_batched, k_batched, alpha_batched = in_batched
+    if alpha_batched:
+      raise ValueError("sweep members share alpha (the schedule depends on the step only)")
+    x_SBF = x_BF if x_batched else jnp.broadcast_to(x_BF, (axis_size, *x_BF.shape))
+    k_SB = k_B if k_batched else jnp.broadcast_to(k_B, (axis_size, *k_B.shape))
+    w = topk_lib.soft_topk(x_SBF.reshape(-1, x_SBF.shape[-1]), k_SB.reshape(-1), alpha, max_k=max_k)
+    return w.reshape(x_SBF.shape), True
+
+  return op
 
 
 _SOL_SPECS = topk_lib._Solution(*([ROW] * len(topk_lib._Solution._fields)))

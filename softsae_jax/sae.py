@@ -108,11 +108,16 @@ def _sparse_decode_bwd(res, g_BD):
 sparse_decode.defvjp(_sparse_decode_fwd, _sparse_decode_bwd)
 
 
-def batch_topk(pre_BF: jax.Array, k: int) -> jax.Array:
-  """Keeps the k*B largest entries of the whole batch (ties: lax.top_k order), zeros elsewhere."""
+def batch_topk(pre_BF: jax.Array, k: int, count: jax.Array | None = None) -> jax.Array:
+  """Keeps the k*B largest entries of the whole batch (ties: lax.top_k order), zeros elsewhere.
+
+  ``count``: a traced k <= ``k`` (a sweep member's own): the count*B largest are kept.
+  """
   b, f = pre_BF.shape
   flat = pre_BF.reshape(-1)
   vals, idx = jax.lax.top_k(flat, min(k * b, b * f))
+  if count is not None:
+    vals = jnp.where(jnp.arange(vals.shape[0]) < count * b, vals, 0.0)
   return jnp.zeros_like(flat).at[idx].set(vals).reshape(b, f)
 
 

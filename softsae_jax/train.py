@@ -22,6 +22,7 @@ gradients, reproduced with :func:`softsae_jax.optim.freeze`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable
 
@@ -31,26 +32,32 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from softsae_jax import archs, losses, sharding
+from softsae_jax import archs, losses, parallel, sharding
+from softsae_jax import config as config_lib
 from softsae_jax.config import Config
 from softsae_jax.optim import freeze, lr_schedule, unit_norm_decoder
 from softsae_jax.types import Metrics, Params, TrainState
 
 
-def schedules(cfg: Config, step) -> archs.Schedule:
-  """The schedules' values at ``step`` (traced or Python int): k budget, alpha, hard phase, L0 coefficient."""
+def schedules(cfg: Config, step, *, k=None, kmax=None) -> archs.Schedule:
+  """The schedules' values at ``step`` (traced or Python int): k budget, alpha, hard phase, L0 coefficient.
+
+  ``k``, ``kmax``: a sweep's per-member values (arrays [S]); the k budget then anneals to each member's k.
+  """
   t = cfg.train.steps
   s = jnp.asarray(step, jnp.float32)
-  d, k = cfg.sae.d_in, cfg.sae.k
+  d = cfg.sae.d_in
+  k = jnp.asarray(cfg.sae.k if k is None else k, jnp.float32)
+  kmax = jnp.asarray(cfg.sae.kmax if kmax is None else kmax, jnp.float32)
   # The end values are selected explicitly: under jit XLA turns the division by the constant into a
   # multiplication by its reciprocal, r can come out 1 ulp above 1 and floor(...) would then give
   # k - 1 for the rest of the run.
-  budget = _ramp(s, int(round(cfg.train.k_anneal_frac * t)), float(d), float(k), floor=True)
+  budget = _ramp(s, int(round(cfg.train.k_anneal_frac * t)), float(d), k, floor=True)
   alpha = _ramp(s, int(round(cfg.train.alpha_anneal_frac * t)), cfg.sae.alpha_start, cfg.sae.alpha)
   l0_coeff = _ramp(s, int(round(cfg.train.l0_warmup_frac * t)), 0.0, cfg.sae.l0_coeff)
   n_hard = int(round(cfg.train.hard_frac * t)) if cfg.sae.arch == "softsae" else 0
   hard = (s > t - n_hard) if n_hard > 0 else jnp.asarray(False)
-  return archs.Schedule(k_budget=budget, alpha=alpha, hard=hard, l0_coeff=l0_coeff)
+  return archs.Schedule(k_budget=budget, alpha=alpha, hard=hard, l0_coeff=l0_coeff, k=k, kmax=kmax)
 
 
 def _ramp(s, n: int, start: float, end: float, *, floor: bool = False) -> jax.Array:
@@ -112,41 +119,42 @@ def init_sharded(key: jax.Array, cfg: Config, tx: optax.GradientTransformation, 
   return fn(key, jnp.asarray(b_dec_D, jnp.float32), jnp.asarray(norm_factor, jnp.float32))
 
 
-def _loss_fn(params: Params, x_BD, valid_B, dead_F, sched: archs.Schedule, cfg: Config, mesh=None):
+def _loss_fn(params: Params, x_BD, valid_B, dead_F, sched: archs.Schedule, cfg: Config, mesh=None, any_dead=None):
   """Scalar loss and the arch's terms and AuxK for one batch: main + sparsity + auxk_alpha * AuxK."""
   terms = archs.get(cfg.sae.arch).train_terms(params, x_BD, valid_B, sched, cfg, mesh)
-  aux = losses.auxk_loss(params, terms.pre_BF, x_BD - terms.recon_BD, dead_F, cfg.sae.k_aux, valid_B, mesh)
+  aux = losses.auxk_loss(params, terms.pre_BF, x_BD - terms.recon_BD, dead_F, cfg.sae.k_aux, valid_B, mesh,
+                         run=any_dead)
   return terms.main + terms.sparsity + cfg.sae.auxk_alpha * aux, (terms, aux)
 
 
-def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: Config,
-               tx: optax.GradientTransformation, mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
-  """One optimizer step (pure). ``x_BD`` raw activations in any float dtype; ``valid_B`` bool.
+def _batch(state: TrainState, x_BD, valid_B):
+  """Raw rows -> normalised float32 rows (invalid rows zeroed) and the float mask."""
+  x_BD = x_BD.astype(jnp.float32) / state.norm_factor
+  return jnp.where(valid_B[:, None], x_BD, 0.0), valid_B.astype(jnp.float32)
 
-  ``mesh``: the mesh the step runs on, when it has more than one device: every selection then runs
-  shard-local (:mod:`softsae_jax.parallel`); None for one device.
+
+def _update(step, params, opt_state, since_fired_F, arch_state, grads, loss, terms, aux, sched, x_BD, valid_B,
+            *, cfg: Config, tx: optax.GradientTransformation):
+  """One model's optimizer update, dead-latent counter, arch state and metrics, from its gradients.
+
+  ``train_step`` calls it once; ``sweep_train_step`` vmaps it over the members.
   """
   sae = cfg.sae
   arch = archs.get(sae.arch)
   valid_f = valid_B.astype(jnp.float32)
-  x_BD = x_BD.astype(jnp.float32) / state.norm_factor
-  x_BD = jnp.where(valid_B[:, None], x_BD, 0.0)
-  dead_F = state.since_fired_F >= sae.dead_tokens
-  sched = schedules(cfg, state.step)
-  (loss, (terms, aux)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
-      state.params, x_BD, valid_f, dead_F, sched, cfg, mesh)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  frozen = arch.frozen(sched, jnp.any(dead_F), state.params, cfg)
+  dead_F = since_fired_F >= sae.dead_tokens
+  updates, new_opt = tx.update(grads, opt_state, params)
+  frozen = arch.frozen(sched, jnp.any(dead_F), params, cfg)
   if frozen is not None:
     updates = jax.tree.map(lambda u, f: jnp.where(f, jnp.zeros_like(u), u), updates, frozen)
-    opt_state = freeze(opt_state, state.opt_state, frozen)
-  params = unit_norm_decoder(optax.apply_updates(state.params, updates))
+    new_opt = freeze(new_opt, opt_state, frozen)
+  new_params = unit_norm_decoder(optax.apply_updates(params, updates))
 
   acts_BF = terms.acts_BF
   n_valid = valid_f.sum()
   fired_F = jnp.any((acts_BF != 0) & valid_B[:, None], axis=0)
-  since_fired_F = jnp.where(fired_F, 0, state.since_fired_F + n_valid.astype(jnp.int32))
-  arch_state = arch.update_state(state.arch_state, state.step, acts_BF, valid_B, cfg)
+  since_fired_F = jnp.where(fired_F, 0, since_fired_F + n_valid.astype(jnp.int32))
+  arch_state = arch.update_state(arch_state, step, acts_BF, valid_B, cfg)
 
   l0_B = (acts_BF != 0).sum(axis=1).astype(jnp.float32)
   big = jnp.float32(3e38)
@@ -157,10 +165,28 @@ def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: C
       k_mean=jnp.sum(terms.k_B * valid_f) / jnp.maximum(n_valid, 1.0),
       k_min=jnp.min(jnp.where(valid_B, terms.k_B, big)), k_max=jnp.max(jnp.where(valid_B, terms.k_B, -big)),
       dead_frac=jnp.mean(since_fired_F >= sae.dead_tokens), k_budget=sched.k_budget,
-      alpha=sched.alpha, lr=lr_schedule(cfg)(state.step), grad_norm=optax.tree.norm(grads))
+      alpha=sched.alpha, lr=lr_schedule(cfg)(step), grad_norm=optax.tree.norm(grads))
+  return new_params, new_opt, since_fired_F, arch_state, metrics
+
+
+def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: Config,
+               tx: optax.GradientTransformation, mesh: Mesh | None = None) -> tuple[TrainState, Metrics]:
+  """One optimizer step (pure). ``x_BD`` raw activations in any float dtype; ``valid_B`` bool.
+
+  ``mesh``: the mesh the step runs on, when it has more than one device: every selection then runs
+  shard-local (:mod:`softsae_jax.parallel`); None for one device.
+  """
+  x_BD, valid_f = _batch(state, x_BD, valid_B)
+  dead_F = state.since_fired_F >= cfg.sae.dead_tokens
+  sched = schedules(cfg, state.step)
+  (loss, (terms, aux)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
+      state.params, x_BD, valid_f, dead_F, sched, cfg, mesh)
+  params, opt_state, since_fired_F, arch_state, metrics = _update(
+      state.step, state.params, state.opt_state, state.since_fired_F, state.arch_state, grads, loss, terms, aux,
+      sched, x_BD, valid_B, cfg=cfg, tx=tx)
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=state.key,
                          since_fired_F=since_fired_F, arch_state=arch_state, norm_factor=state.norm_factor,
-                         n_skipped=state.n_skipped + (valid_B.shape[0] - n_valid).astype(jnp.int32))
+                         n_skipped=state.n_skipped + (valid_B.shape[0] - valid_f.sum()).astype(jnp.int32))
   return new_state, metrics
 
 
@@ -172,3 +198,86 @@ def make_train_step(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh) -
   fn = functools.partial(train_step, cfg=cfg, tx=tx, mesh=mesh if mesh.devices.size > 1 else None)
   return jax.jit(fn, in_shardings=(state_sh, rows, mask), out_shardings=(state_sh, sharding.replicated(mesh)),
                  donate_argnums=0)
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+# Several SAEs on the same batches in one compiled step (docs/scale-out.md, "Sweeps"): the state's
+# parameters, optimizer state, PRNG key, dead counters and arch state carry a leading member axis [S];
+# step, norm factor and skipped-row count are shared. The loss is vmapped over the members and the
+# gradient taken of its sum, outside the vmap (the soft top-k then sees the members as extra rows,
+# parallel.MEMBERS); the per-member update is vmapped, so gradient clipping is per member.
+
+
+def sweep_bound(cfg: Config) -> Config:
+  """The config a sweep's step is traced with: ``sae.k`` and ``sae.k_max`` the members' largest (the
+  static bounds of every selection); each member's own values are traced (:func:`sweep_members`)."""
+  members = cfg.members()
+  sae = cfg.sae
+  sae = dataclasses.replace(sae, k=max(m.config.sae.k for m in members),
+                            k_max=max(m.config.sae.kmax for m in members) if sae.arch == "softsae" else sae.k_max)
+  return dataclasses.replace(cfg, sae=sae, sweep=config_lib.SweepConfig())
+
+
+def sweep_members(cfg: Config) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+  """The members' (k, k_max, seed), each a tuple in member order."""
+  members = cfg.members()
+  return (tuple(m.config.sae.k for m in members), tuple(m.config.sae.kmax for m in members),
+          tuple(m.seed for m in members))
+
+
+def init_sweep_state(cfg: Config, tx: optax.GradientTransformation, *, b_dec_D, norm_factor) -> TrainState:
+  """The stacked initial state of a sweep: member i is exactly ``init_train_state(key(seed_i), ...)``."""
+  bound = sweep_bound(cfg)
+  seeds = jnp.asarray(sweep_members(cfg)[2], jnp.uint32)
+  b_dec_D, norm_factor = jnp.asarray(b_dec_D, jnp.float32), jnp.asarray(norm_factor, jnp.float32)
+
+  def init(seeds_S, b, n):
+    st = jax.vmap(lambda s: init_train_state(jax.random.key(s), bound, tx, b_dec_D=b, norm_factor=n))(seeds_S)
+    return st._replace(step=st.step[0], norm_factor=st.norm_factor[0], n_skipped=st.n_skipped[0])
+
+  return jax.jit(init)(seeds, b_dec_D, norm_factor)
+
+
+def abstract_sweep_state(cfg: Config, tx: optax.GradientTransformation) -> TrainState:
+  """The sweep state's shapes and dtypes, allocating nothing."""
+  return jax.eval_shape(lambda: init_sweep_state(cfg, tx, b_dec_D=jnp.zeros((cfg.sae.d_in,)), norm_factor=1.0))
+
+
+_SCHED_AXES = archs.Schedule(k_budget=0, alpha=None, hard=None, l0_coeff=None, k=0, kmax=0)
+
+
+def sweep_train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: Config,
+                     tx: optax.GradientTransformation) -> tuple[TrainState, Metrics]:
+  """One optimizer step of every member of ``cfg``'s sweep (pure); metrics have a leading [S] axis."""
+  bound = sweep_bound(cfg)
+  k_S, kmax_S, _ = sweep_members(cfg)
+  x_BD, valid_f = _batch(state, x_BD, valid_B)
+  sched = schedules(bound, state.step, k=jnp.asarray(k_S, jnp.float32), kmax=jnp.asarray(kmax_S, jnp.float32))
+  dead_SF = state.since_fired_F >= bound.sae.dead_tokens
+  any_dead = jnp.any(dead_SF)  # unbatched: AuxK's cond stays a cond under the vmap
+
+  def member_loss(params, dead_F, sch):
+    return _loss_fn(params, x_BD, valid_f, dead_F, sch, bound, parallel.MEMBERS, any_dead)
+
+  def total(params_S):
+    loss_S, aux = jax.vmap(member_loss, in_axes=(0, 0, _SCHED_AXES))(params_S, dead_SF, sched)
+    return jnp.sum(loss_S), (loss_S, aux)
+
+  (_, (loss_S, (terms, aux_S))), grads = jax.value_and_grad(total, has_aux=True)(state.params)
+  update = jax.vmap(functools.partial(_update, cfg=bound, tx=tx),
+                    in_axes=(None, 0, 0, 0, 0, 0, 0, 0, 0, _SCHED_AXES, None, None))
+  params, opt_state, since_fired_F, arch_state, metrics = update(
+      state.step, state.params, state.opt_state, state.since_fired_F, state.arch_state, grads, loss_S, terms,
+      aux_S, sched, x_BD, valid_B)
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, key=state.key,
+                         since_fired_F=since_fired_F, arch_state=arch_state, norm_factor=state.norm_factor,
+                         n_skipped=state.n_skipped + (valid_B.shape[0] - valid_f.sum()).astype(jnp.int32))
+  return new_state, metrics
+
+
+def make_sweep_step(cfg: Config, tx: optax.GradientTransformation, mesh: Mesh) -> Callable:
+  """The sweep's one jit: the state replicated (mesh.model is 1), the batch split over 'data'."""
+  rows, mask = sharding.batch_shardings(mesh)
+  rep = sharding.replicated(mesh)
+  fn = functools.partial(sweep_train_step, cfg=cfg, tx=tx)
+  return jax.jit(fn, in_shardings=(rep, rows, mask), out_shardings=(rep, rep), donate_argnums=0)

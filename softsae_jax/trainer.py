@@ -28,7 +28,8 @@ from softsae_jax.data import BatchSource, estimate_norm_factor, prefetch, to_glo
 from softsae_jax.errors import UserError
 from softsae_jax.optim import make_optimizer
 from softsae_jax.shards import DataError, open_dataset
-from softsae_jax.train import abstract_state, geometric_median, init_sharded, make_train_step, state_shardings
+from softsae_jax.train import (abstract_state, abstract_sweep_state, geometric_median, init_sharded, init_sweep_state,
+                               make_sweep_step, make_train_step, state_shardings)
 
 
 class WorkdirError(UserError):
@@ -133,8 +134,9 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
   mesh = make_mesh(cfg)
   rows_sh, _ = sharding.batch_shardings(mesh)
   tx = make_optimizer(cfg)
-  step_fn = make_train_step(cfg, tx, mesh)
-  source = BatchSource(ds, cfg.train.batch_size, cfg.train.seed, shuffle=cfg.data.shuffle,
+  sweep = bool(cfg.sweep)
+  step_fn = make_sweep_step(cfg, tx, mesh) if sweep else make_train_step(cfg, tx, mesh)
+  source = BatchSource(ds, cfg.train.batch_size, cfg.data_seed, shuffle=cfg.data.shuffle,
                        skip_nonfinite=cfg.data.skip_nonfinite,
                        rows=sharding.process_rows(rows_sh, cfg.train.batch_size))
   key = jax.random.key(cfg.train.seed)
@@ -148,7 +150,12 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   try:
     if resume is not None:
-      state, data_state = ckpt.restore(resume, abstract_like(abstract_state(cfg, tx), state_shardings(cfg, tx, mesh)))
+      if sweep:
+        abstract = abstract_sweep_state(cfg, tx)
+        abstract = abstract_like(abstract, jax.tree.map(lambda _: sharding.replicated(mesh), abstract))
+      else:
+        abstract = abstract_like(abstract_state(cfg, tx), state_shardings(cfg, tx, mesh))
+      state, data_state = ckpt.restore(resume, abstract)
       start = int(state.step)
       log(f"resuming from step {start}")
       if writer:
@@ -157,7 +164,10 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
       nf = estimate_norm_factor(ds, cfg.data.norm_sample_rows, cfg.data.skip_nonfinite) if cfg.data.normalize else 1.0
       x0, valid0 = source.batch(0, whole=True)  # the global batch 0, on every process alike
       b_dec = geometric_median(x0[valid0].astype(np.float64) / nf)
-      state = init_sharded(key, cfg, tx, mesh, b_dec_D=b_dec, norm_factor=nf)
+      if sweep:
+        state = jax.device_put(init_sweep_state(cfg, tx, b_dec_D=b_dec, norm_factor=nf), sharding.replicated(mesh))
+      else:
+        state = init_sharded(key, cfg, tx, mesh, b_dec_D=b_dec, norm_factor=nf)
       if writer:
         files.write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
         files.write_json(os.path.join(workdir, "run.json"), {
@@ -170,6 +180,14 @@ def train(data_dir: str, workdir: str, cfg: Config, *, progress: bool = True, lo
     ckpt.close()
 
 
+def _metric_records(step: int, metrics: dict[str, Any], common: dict[str, Any], members) -> list[dict[str, Any]]:
+  """metrics.jsonl lines for one logged step: one, or one per sweep member with ``member``, ``k``, ``seed``."""
+  if members is None:
+    return [{"step": step, **{k: float(v) for k, v in metrics.items()}, **common}]
+  return [{"step": step, "member": m.index, "k": m.k, "seed": m.seed,
+           **{k: float(v[m.index]) for k, v in metrics.items()}, **common} for m in members]
+
+
 def _loop(state, start, cfg, source, step_fn, mesh, ckpt, metrics_path, progress):
   """The step loop; ``metrics_path`` None on the processes that do not write metrics.jsonl."""
   import contextlib
@@ -177,6 +195,7 @@ def _loop(state, start, cfg, source, step_fn, mesh, ckpt, metrics_path, progress
   from tqdm import tqdm
 
   steps, bsz = cfg.train.steps, cfg.train.batch_size
+  members = cfg.members() if cfg.sweep else None
   rows_sh, mask_sh = sharding.batch_shardings(mesh)
   lo = source.local.start
 
@@ -195,11 +214,12 @@ def _loop(state, start, cfg, source, step_fn, mesh, ckpt, metrics_path, progress
       done = s + 1
       bar.update(bsz)
       if done % cfg.train.log_every == 0 or done == steps:
-        m = {k: float(v) for k, v in jax.device_get(metrics._asdict()).items()}
-        last = {"step": done, **m, "n_skipped": int(state.n_skipped), "tokens": done * bsz,
-                "elapsed_s": round(time.time() - t0, 3)}
+        common = {"n_skipped": int(state.n_skipped), "tokens": done * bsz, "elapsed_s": round(time.time() - t0, 3)}
+        records = _metric_records(done, jax.device_get(metrics._asdict()), common, members)
+        last = records[-1] if len(records) == 1 else {"step": done, "members": records}
+        m = records[0]
         if mf is not None:
-          mf.write(json.dumps(last) + "\n")
+          mf.write("".join(json.dumps(r) + "\n" for r in records))
           mf.flush()
         bar.set_postfix_str(f"loss {m['loss']:.4g} fvu {m['fvu']:.3f} k̂ {m['k_mean']:.1f} "
                             f"L0 {m['l0_mean']:.1f} dead {100 * m['dead_frac']:.0f}%", refresh=False)

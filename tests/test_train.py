@@ -33,10 +33,10 @@ def batch(seed=0):
 def test_schedules_follow_the_method():
   cfg = make_cfg(**{"train.k_anneal_frac": 0.1, "train.alpha_anneal_frac": 0.2, "train.hard_frac": 0.05,
                     "sae.alpha": 1e-3})
-  b0, a0, h0, _ = schedules(cfg, 0)
+  b0, a0, h0 = schedules(cfg, 0)[:3]
   assert float(b0) == D and float(a0) == 1.0 and not bool(h0)
   assert float(schedules(cfg, 5).k_budget) == np.floor(D * 0.5 + 3 * 0.5)
-  b10, a10, _, _ = schedules(cfg, 10)
+  b10, a10 = schedules(cfg, 10)[:2]
   assert float(b10) == 3.0
   np.testing.assert_allclose(float(a10), 0.5 * 1.0 + 0.5 * 1e-3, rtol=1e-6)
   np.testing.assert_allclose(float(schedules(cfg, 50).alpha), 1e-3, rtol=1e-6)
@@ -55,7 +55,7 @@ def test_schedule_end_values_under_jit(steps):
   """Under jit the annealed budget must end at exactly sae.k (a reciprocal-multiply once gave k - 1)."""
   cfg = config_lib.Config(sae=config_lib.SaeConfig(arch="softsae", k=8, n_latents=384),
                           train=config_lib.TrainConfig(steps=steps)).resolve(48)
-  budget, alpha, _, _ = jax.jit(lambda s: schedules(cfg, s))(jnp.int32(steps - 1))
+  budget, alpha = jax.jit(lambda s: schedules(cfg, s))(jnp.int32(steps - 1))[:2]
   assert float(budget) == 8.0
   assert float(alpha) == np.float32(cfg.sae.alpha)
 
