@@ -60,6 +60,7 @@ class Schedule(NamedTuple):
   l0_coeff: jax.Array  # JumpReLU's L0 coefficient (warmed up from 0)
   k: jax.Array  # the target k (float32): ``sae.k``, or a sweep member's own k (static bound: ``sae.k``)
   kmax: jax.Array  # SoftSAE's k-hat bound: ``sae.kmax``, or a sweep member's own (static bound: ``sae.kmax``)
+  annealing: jax.Array  # bool: the k budget is still above k (the step is inside train.k_anneal_frac)
 
 
 class Terms(NamedTuple):
@@ -191,9 +192,43 @@ def _softsae_frozen(sched: Schedule, any_dead, params: Params, cfg: Config):
 # ------------------------------------------------------------------------------------- fixed k
 
 
+def _anneals(cfg: Config) -> bool:
+  return cfg.train.k_anneal_baselines and round(cfg.train.k_anneal_frac * cfg.train.steps) > 0
+
+
+def _phase(sched: Schedule, annealing, final, mesh) -> Terms:
+  """``annealing()`` while the k budget is above k (train.k_anneal_baselines), else ``final()``."""
+  if parallel.model_shards(mesh) == 1:
+    return jax.lax.cond(sched.annealing, lambda _: annealing(), lambda _: final(), None)
+  # Both phases hold collectives: evaluate both and select (see _softsae_terms).
+  return jax.tree.map(lambda a, f: jnp.where(sched.annealing, a, f), annealing(), final())
+
+
 def _topk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
+  pre_BF = pre_acts(params, x_BD, cfg.sae)
   k_B = jnp.full(x_BD.shape[:1], sched.k, jnp.float32)
-  return _sparse_topk_terms(params, x_BD, valid_B, pre_acts(params, x_BD, cfg.sae), k_B, cfg.sae.k, mesh)
+  final = lambda: _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, cfg.sae.k, mesh)  # noqa: E731
+  if not _anneals(cfg):
+    return final()
+
+  def annealing():  # the top-budget codes (budget up to D), decoded densely: only the first steps
+    budget_B = jnp.full(x_BD.shape[:1], sched.k_budget, jnp.float32)
+    acts_BF = parallel.topk_acts(pre_BF, budget_B, min(cfg.sae.d_in, cfg.sae.F), mesh)
+    return _dense_terms(params, x_BD, valid_B, acts_BF, pre_BF, cfg.sae, k_B=budget_B)
+
+  return _phase(sched, annealing, final, mesh)
+
+
+def _batch_selection(pre_BF, sched, cfg: Config, mesh):
+  """BatchTopK's training selection: the k*B largest of the batch (k = the annealed budget while
+  train.k_anneal_baselines anneals it)."""
+  final = lambda: parallel.batch_topk(pre_BF, cfg.sae.k, mesh, count=sched.k)  # noqa: E731
+  if not _anneals(cfg):
+    return final()
+  annealing = lambda: parallel.batch_topk(pre_BF, min(cfg.sae.d_in, cfg.sae.F), mesh, count=sched.k_budget)  # noqa: E731
+  if parallel.model_shards(mesh) == 1:
+    return jax.lax.cond(sched.annealing, lambda _: annealing(), lambda _: final(), None)
+  return jnp.where(sched.annealing, annealing(), final())
 
 
 def _topk_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
@@ -204,13 +239,12 @@ def _topk_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
 
 def _batchtopk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
-  return _dense_terms(params, x_BD, valid_B, parallel.batch_topk(pre_BF, cfg.sae.k, mesh, count=sched.k), pre_BF,
-                      cfg.sae)
+  return _dense_terms(params, x_BD, valid_B, _batch_selection(pre_BF, sched, cfg, mesh), pre_BF, cfg.sae)
 
 
 def _matryoshka_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
-  acts_BF = parallel.batch_topk(pre_BF, cfg.sae.k, mesh, count=sched.k)
+  acts_BF = _batch_selection(pre_BF, sched, cfg, mesh)
   main, recon_BD = losses.matryoshka_loss(params, x_BD, acts_BF, cfg.sae.group_sizes(), valid_B)
   return Terms(recon_BD, acts_BF, pre_BF, _count(acts_BF), main, jnp.zeros((), jnp.float32))
 
@@ -409,7 +443,7 @@ def encode(params: Params, x_BD: jax.Array, cfg: SaeConfig, *, train: bool = Fal
   full = Config(sae=cfg, train=config_lib.TrainConfig(steps=1))  # train_terms reads cfg.train only in
   # SoftSAE's hard phase, which this never enters
   sched = Schedule(jnp.float32(cfg.k), jnp.float32(cfg.alpha), jnp.asarray(False), jnp.float32(cfg.l0_coeff),
-                   jnp.float32(cfg.k), jnp.float32(cfg.kmax))
+                   jnp.float32(cfg.k), jnp.float32(cfg.kmax), jnp.asarray(False))
   terms = get(cfg.arch).train_terms(params, x_BD, jnp.ones(x_BD.shape[:1], jnp.float32), sched, full, mesh)
   return Codes(terms.pre_BF, terms.acts_BF, terms.k_B)
 

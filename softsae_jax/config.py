@@ -54,7 +54,12 @@ class SaeConfig:
     k_loss_beta: beta of that softplus (the authors': 5).
     auxk_alpha: weight of the AuxK dead-latent loss (the authors': 1/32).
     top_k_aux: AuxK's k; None means D // 2.
-    dead_tokens: a latent is dead after this many tokens without firing (AuxK; dead fraction).
+    dead_tokens: a latent is dead (AuxK trains it; the dead fraction counts it) after this many tokens
+      without firing; None means ``dead_window_frac`` of the run's tokens (:attr:`Config.dead_tokens`).
+      The authors: 10 M tokens of a 500 M-token LLM run (2%), 400 000 samples of CLIP's 328 M (0.12%).
+    dead_window_frac: the dead-latent window as a fraction of the run's tokens (train.steps x
+      train.batch_size) when ``dead_tokens`` is None. The default 2% (the authors' LLM ratio) makes
+      AuxK run in short runs too: a fixed 1 M tokens never let it start in a run of <= 1 M tokens.
     l1_coeff: L1 coefficient of the relu arch (on |f| times the decoder row norm, which is 1), in the
       normalised units (mean ||x||^2 = 1); it sets the L0 you get: tune it (0.3 gave L0 ~25 on 64-d data).
     l0_coeff: JumpReLU's L0 coefficient lambda (loss = reconstruction + lambda * mean active latents per
@@ -84,7 +89,8 @@ class SaeConfig:
   k_loss_beta: float = 5.0
   auxk_alpha: float = 1.0 / 32.0
   top_k_aux: int | None = None
-  dead_tokens: int = 1_000_000
+  dead_tokens: int | None = None
+  dead_window_frac: float = 0.02
   l1_coeff: float = 0.3
   l0_coeff: float = 1e-2
   jumprelu_bandwidth: float = 1e-3
@@ -105,6 +111,10 @@ class SaeConfig:
       raise ConfigError(f"sae.k must be >= 1; got {self.k}")
     if self.k_max is not None and self.k_max < self.k:
       raise ConfigError(f"sae.k_max ({self.k_max}) must be >= sae.k ({self.k})")
+    if self.dead_tokens is not None and self.dead_tokens < 0:
+      raise ConfigError(f"sae.dead_tokens must be >= 0 (or None: sae.dead_window_frac of the run); got {self.dead_tokens}")
+    if not 0.0 < self.dead_window_frac <= 1.0:
+      raise ConfigError(f"sae.dead_window_frac must be in (0, 1]; got {self.dead_window_frac}")
     if not self.alpha > 0 or not self.alpha_start > 0:
       raise ConfigError(f"sae.alpha and sae.alpha_start must be > 0; got {self.alpha}, {self.alpha_start}")
     if self.expansion < 1:
@@ -171,6 +181,9 @@ class TrainConfig:
     warmup_frac: linear warmup from 0 over this fraction of the steps.
     decay_start_frac: linear decay to 0 from this fraction of the steps to the end.
     k_anneal_frac: the k budget goes linearly from D down to sae.k over this fraction (docs/method.md §3.4).
+    k_anneal_baselines: TopK, BatchTopK and Matryoshka also anneal their k from D down to sae.k over
+      ``k_anneal_frac`` (the authors' baselines do; configs/reference_*.py turn it on). Off by default:
+      a fixed k from step 0 is the baselines' own papers' recipe.
     alpha_anneal_frac: alpha goes linearly from sae.alpha_start to sae.alpha over this fraction
       (the reference LLM run: 2500 of 244 140 steps, 1%; a 10% anneal made k-hat collapse at its end
       and cost ~10% FVU on the synthetic benchmark, docs/results.md §3).
@@ -195,6 +208,7 @@ class TrainConfig:
   warmup_frac: float = 0.05
   decay_start_frac: float = 0.8
   k_anneal_frac: float = 0.05
+  k_anneal_baselines: bool = False
   alpha_anneal_frac: float = 0.01
   hard_frac: float = 0.05
   l0_warmup_frac: float = 0.05
@@ -331,6 +345,20 @@ class Config:
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
   sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
+
+  @property
+  def dead_tokens(self) -> int:
+    """AuxK's dead-latent window in tokens: ``sae.dead_tokens``, else ``sae.dead_window_frac`` of the run.
+
+    Examples:
+      >>> Config(train=TrainConfig(steps=1000, batch_size=512)).dead_tokens
+      10240
+      >>> Config(sae=SaeConfig(dead_tokens=400_000)).dead_tokens
+      400000
+    """
+    if self.sae.dead_tokens is not None:
+      return self.sae.dead_tokens
+    return max(1, int(round(self.sae.dead_window_frac * self.train.steps * self.train.batch_size)))
 
   @property
   def data_seed(self) -> int:

@@ -154,27 +154,29 @@ def _topk_acts_shard(pre_bf, count_b, *, max_k, shards):
 def batch_topk(pre_BF, k: int, mesh: Mesh | None, *, count: jax.Array | None = None):
   """Keeps the k*B largest entries of the whole batch, zeros elsewhere (BatchTopK's training rule).
 
-  ``count``: a traced k <= ``k`` (a sweep member's own), on the single-device path.
+  ``count``: a traced k <= ``k`` (a sweep member's own k, or an annealed budget): the count*B largest
+  are kept; ``k`` stays the static bound.
 
-  Sharded: the global (k*B)-th value becomes a threshold each shard applies; entries tied with it are
-  all kept (a measure-zero difference from the single-device ``lax.top_k`` order).
+  Sharded: the global (count*B)-th value becomes a threshold each shard applies; entries tied with it
+  are all kept (a measure-zero difference from the single-device ``lax.top_k`` order).
   """
   from softsae_jax.sae import batch_topk as batch_topk_local
 
   if _local(mesh):
     return batch_topk_local(pre_BF, k, count)
-  if count is not None:
-    raise ValueError("a traced batch top-k count is single-device only (sweeps)")
-  total = k * pre_BF.shape[0]
+  rows = pre_BF.shape[0]
+  total = k * rows
+  count = jnp.asarray(k if count is None else count, jnp.float32)
 
-  def shard(pre_bf):
+  def shard(pre_bf, count):
     cap = min(total, pre_bf.size)
     vals, _ = lax.top_k(lax.stop_gradient(pre_bf).reshape(-1), cap)
     gathered = lax.all_gather(vals, ("data", "model"), tiled=True)
-    thr = lax.top_k(gathered, min(total, gathered.shape[0]))[0][-1]
+    top = lax.top_k(gathered, min(total, gathered.shape[0]))[0]
+    thr = top[jnp.clip((count * rows).astype(jnp.int32) - 1, 0, top.shape[0] - 1)]
     return jnp.where(pre_bf >= thr, pre_bf, 0.0)
 
-  return jax.shard_map(shard, mesh=mesh, in_specs=ROWS, out_specs=ROWS, check_vma=False)(pre_BF)
+  return jax.shard_map(shard, mesh=mesh, in_specs=(ROWS, P()), out_specs=ROWS, check_vma=False)(pre_BF, count)
 
 
 # -------------------------------------------------------------------------------------- soft top-k

@@ -811,7 +811,7 @@ def build_report(workdir: str, data_dir: str, out_path: str | None = None, compa
                f'latents never fire (dead), {100 * s["dense"]:.1f}% fire on more than {DENSE_FREQ:.0%} of tokens (dense).')
   if main.metrics and "dead_frac" in main.metrics[-1]:
     dead_note += (f" Training's last logged dead fraction (no activation within sae.dead_tokens="
-                  f"{main.model.cfg.sae.dead_tokens:,} tokens): {100 * main.metrics[-1]['dead_frac']:.1f}%.")
+                  f"{main.model.cfg.dead_tokens:,} tokens): {100 * main.metrics[-1]['dead_frac']:.1f}%.")
   sections.append(("dead", "Dead and dense latents", dead_note + "</p>" + _plot_freq(runs)))
   sections.append(("evals", "Downstream evaluations", _evals_html(workdir)))
 

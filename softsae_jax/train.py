@@ -5,7 +5,8 @@ Step semantics (docs/method.md §3.4, with one deliberate change): the k budget,
 used in the forward pass of step ``s`` are the schedules evaluated at ``s`` (the reference uses
 ``s - 1`` and constructor values at ``s = 0`` — an off-by-one of no modelling value).
 
-* k budget(s) = int(D (1 - r) + k r), r = min(s, K)/K, K = k_anneal_frac * T (K = 0: budget = k).
+* k budget(s) = int(D (1 - r) + k r), r = min(s, K)/K, K = k_anneal_frac * T (K = 0: budget = k). SoftSAE's
+  k-budget loss reads it; with ``train.k_anneal_baselines`` TopK/BatchTopK/Matryoshka use it as their k.
 * alpha(s) = alpha_start (1 - r) + alpha r, r = min(s, A)/A.
 * hard(s) = s > T - H with H = round(hard_frac * T) (SoftSAE only).
 * l0_coeff(s) = sae.l0_coeff * r, r = min(s, W)/W, W = l0_warmup_frac * T (JumpReLU only reads it).
@@ -52,12 +53,15 @@ def schedules(cfg: Config, step, *, k=None, kmax=None) -> archs.Schedule:
   # The end values are selected explicitly: under jit XLA turns the division by the constant into a
   # multiplication by its reciprocal, r can come out 1 ulp above 1 and floor(...) would then give
   # k - 1 for the rest of the run.
-  budget = _ramp(s, int(round(cfg.train.k_anneal_frac * t)), float(d), k, floor=True)
+  n_anneal = int(round(cfg.train.k_anneal_frac * t))
+  budget = _ramp(s, n_anneal, float(d), k, floor=True)
   alpha = _ramp(s, int(round(cfg.train.alpha_anneal_frac * t)), cfg.sae.alpha_start, cfg.sae.alpha)
   l0_coeff = _ramp(s, int(round(cfg.train.l0_warmup_frac * t)), 0.0, cfg.sae.l0_coeff)
   n_hard = int(round(cfg.train.hard_frac * t)) if cfg.sae.arch == "softsae" else 0
   hard = (s > t - n_hard) if n_hard > 0 else jnp.asarray(False)
-  return archs.Schedule(k_budget=budget, alpha=alpha, hard=hard, l0_coeff=l0_coeff, k=k, kmax=kmax)
+  annealing = (s < n_anneal) if n_anneal > 0 else jnp.asarray(False)
+  return archs.Schedule(k_budget=budget, alpha=alpha, hard=hard, l0_coeff=l0_coeff, k=k, kmax=kmax,
+                        annealing=annealing)
 
 
 def _ramp(s, n: int, start: float, end: float, *, floor: bool = False) -> jax.Array:
@@ -142,7 +146,7 @@ def _update(step, params, opt_state, since_fired_F, arch_state, grads, loss, ter
   sae = cfg.sae
   arch = archs.get(sae.arch)
   valid_f = valid_B.astype(jnp.float32)
-  dead_F = since_fired_F >= sae.dead_tokens
+  dead_F = since_fired_F >= cfg.dead_tokens
   updates, new_opt = tx.update(grads, opt_state, params)
   frozen = arch.frozen(sched, jnp.any(dead_F), params, cfg)
   if frozen is not None:
@@ -164,7 +168,7 @@ def _update(step, params, opt_state, since_fired_F, arch_state, grads, loss, ter
       l0_mean=jnp.sum(l0_B * valid_f) / jnp.maximum(n_valid, 1.0),
       k_mean=jnp.sum(terms.k_B * valid_f) / jnp.maximum(n_valid, 1.0),
       k_min=jnp.min(jnp.where(valid_B, terms.k_B, big)), k_max=jnp.max(jnp.where(valid_B, terms.k_B, -big)),
-      dead_frac=jnp.mean(since_fired_F >= sae.dead_tokens), k_budget=sched.k_budget,
+      dead_frac=jnp.mean(since_fired_F >= cfg.dead_tokens), k_budget=sched.k_budget,
       alpha=sched.alpha, lr=lr_schedule(cfg)(step), grad_norm=optax.tree.norm(grads))
   return new_params, new_opt, since_fired_F, arch_state, metrics
 
@@ -177,7 +181,7 @@ def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: C
   shard-local (:mod:`softsae_jax.parallel`); None for one device.
   """
   x_BD, valid_f = _batch(state, x_BD, valid_B)
-  dead_F = state.since_fired_F >= cfg.sae.dead_tokens
+  dead_F = state.since_fired_F >= cfg.dead_tokens
   sched = schedules(cfg, state.step)
   (loss, (terms, aux)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
       state.params, x_BD, valid_f, dead_F, sched, cfg, mesh)
@@ -243,7 +247,7 @@ def abstract_sweep_state(cfg: Config, tx: optax.GradientTransformation) -> Train
   return jax.eval_shape(lambda: init_sweep_state(cfg, tx, b_dec_D=jnp.zeros((cfg.sae.d_in,)), norm_factor=1.0))
 
 
-_SCHED_AXES = archs.Schedule(k_budget=0, alpha=None, hard=None, l0_coeff=None, k=0, kmax=0)
+_SCHED_AXES = archs.Schedule(k_budget=0, alpha=None, hard=None, l0_coeff=None, k=0, kmax=0, annealing=None)
 
 
 def sweep_train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: Config,
@@ -253,7 +257,7 @@ def sweep_train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, 
   k_S, kmax_S, _ = sweep_members(cfg)
   x_BD, valid_f = _batch(state, x_BD, valid_B)
   sched = schedules(bound, state.step, k=jnp.asarray(k_S, jnp.float32), kmax=jnp.asarray(kmax_S, jnp.float32))
-  dead_SF = state.since_fired_F >= bound.sae.dead_tokens
+  dead_SF = state.since_fired_F >= bound.dead_tokens
   any_dead = jnp.any(dead_SF)  # unbatched: AuxK's cond stays a cond under the vmap
 
   def member_loss(params, dead_F, sch):

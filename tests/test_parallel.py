@@ -136,6 +136,18 @@ def test_sharded_step_trains_like_one_device(arch):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sharded_baseline_k_anneal_trains_like_one_device(arch):
+  """train.k_anneal_baselines on a (2, 2) mesh: the annealed budget's selections run shard-local too."""
+  cfg = config_lib.apply_overrides(step_cfg(arch, steps=12), ["train.k_anneal_baselines=true",
+                                                              "train.k_anneal_frac=0.5"])
+  ref_first, ref_fvu, _ = run_steps(cfg, mesh_of(1, 1), 8)
+  first, fvu, _ = run_steps(cfg, mesh_of(2, 2), 8)
+  assert max(float(np.abs(a - b).max()) for a, b in zip(first, ref_first)) <= 1e-5
+  assert abs(fvu / ref_fvu - 1) <= 0.01
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", [(1, 4), (4, 1)])
 @pytest.mark.parametrize("arch", ["softsae", "topk", "batchtopk", "relu", "jumprelu"])
 def test_compiled_step_gathers_no_latent_sized_array(arch, mesh_shape):

@@ -11,7 +11,7 @@ import pytest
 from softsae_jax import config as config_lib
 from softsae_jax.optim import lr_schedule, make_optimizer, project_decoder_grads, unit_norm_decoder
 from softsae_jax import sharding
-from softsae_jax.train import (geometric_median, init_sharded, init_train_state, make_train_step, schedules,
+from softsae_jax.train import (train_step, geometric_median, init_sharded, init_train_state, make_train_step, schedules,
                                state_shardings)
 from softsae_jax.types import Params, TrainState
 
@@ -241,3 +241,27 @@ def test_nonfinite_rows_are_masked():
   s2, m2 = train_step(state, x[keep], v[keep], cfg=cfg_small, tx=tx)
   np.testing.assert_allclose(float(m1.mse), float(m2.mse), rtol=1e-5)
   assert isinstance(s1, TrainState)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_baselines_anneal_k_from_d_when_asked(arch):
+  """train.k_anneal_baselines: the baselines' k is the budget (D -> k over k_anneal_frac), as the authors'
+  baselines; off, k is sae.k from step 0."""
+  x, v = batch()
+  for anneal in (True, False):
+    cfg = make_cfg(**{"sae.arch": arch, "train.k_anneal_frac": 0.1, "train.k_anneal_baselines": anneal,
+                      "sae.matryoshka_fractions": "0.25,0.75"})
+    tx = make_optimizer(cfg)
+    state = init_train_state(jax.random.key(0), cfg, tx)
+    step = jax.jit(lambda s, x, v, c=cfg, t=tx: train_step(s, x, v, cfg=c, tx=t))
+    l0 = []
+    for _ in range(12):
+      state, m = step(state, x, v)
+      l0.append(float(m.l0_mean))
+    budget0 = float(schedules(cfg, 0).k_budget)
+    assert budget0 == D
+    if anneal:  # step 0 keeps up to D = 8 latents per row (or per row on average); step 10 on, k = 3
+      assert l0[0] > 5.0 and l0[5] < l0[0]
+    else:
+      assert l0[0] == pytest.approx(3.0, abs=0.5)
+    assert l0[-1] == pytest.approx(3.0, abs=0.5 if arch != "topk" else 0.0)
