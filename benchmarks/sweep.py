@@ -71,7 +71,7 @@ def bench(arch, d, f, b, ks, rounds, seed=0):
   naive = None
   if arch == "softsae":  # gradient of a plain vmap over members: conds become selects
     sched = schedules(cfg, jnp.int32(10))
-    params = sweep_state[0].params
+    params = jax.tree.map(jnp.copy, sweep_state[0].params)  # the sweep step donates its state
     dead = jnp.zeros((len(ks), cfg.sae.F), bool)
     grad = jax.jit(jax.vmap(jax.grad(lambda p, dd: _loss_fn(p, x, v.astype(jnp.float32), dd, sched, cfg)[0])))
     naive = lambda: grad(params, dead)  # noqa: E731

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from softsae_jax.cli_types import nonneg_int, positive_int
+from softsae_jax.cli_types import nonneg_int, positive_int, proper_fraction
 
 DEFAULT_PACKAGES = ("asyncio", "email", "importlib", "logging", "xml")
 _KINDS = {ast.Module: "module", ast.ClassDef: "class", ast.FunctionDef: "function", ast.AsyncFunctionDef: "function"}
@@ -105,29 +105,94 @@ def stdlib_docstrings(packages: Sequence[str] = DEFAULT_PACKAGES, *, min_words: 
   return out
 
 
+def all_packages(root: str | None = None) -> list[str]:
+  """Every top-level package and module of the standard library's sources (tests and site-packages
+  excluded), sorted."""
+  root = root or stdlib_dir()
+  out = []
+  for name in sorted(os.listdir(root)):
+    path = os.path.join(root, name)
+    if name.startswith(("_", ".")) or name in ("test", "tests", "site-packages", "dist-packages", "idlelib", "lib2to3"):
+      continue
+    if name.endswith(".py"):
+      out.append(name[:-3])
+    elif os.path.isfile(os.path.join(path, "__init__.py")):
+      out.append(name)
+  return out
+
+
+def pydoc_topics(min_words: int = 8) -> list[dict[str, Any]]:
+  """Python's own documentation topics (``pydoc_data.topics``), one record per topic, label ``pydoc``."""
+  import pydoc_data.topics
+
+  out = []
+  for key in sorted(pydoc_data.topics.topics):
+    text = " ".join(pydoc_data.topics.topics[key].split())
+    if len(text.split()) >= min_words:
+      out.append({"text": text, "label": "pydoc", "source": f"pydoc_data.topics:{key}", "kind": "topic"})
+  return out
+
+
+def split_documents(recs: Sequence[dict[str, Any]], heldout_frac: float, seed: int = 0):
+  """(train, held-out): each record goes to held-out with probability ``heldout_frac``, decided by a
+  seeded hash of its ``source`` — a split by document, stable when the corpus grows.
+
+  Examples:
+    >>> recs = [{"text": "t", "source": f"s{i}"} for i in range(1000)]
+    >>> train, held = split_documents(recs, 0.2)
+    >>> len(train) + len(held), 150 < len(held) < 250, split_documents(recs, 0.2)[1] == held
+    (1000, True, True)
+  """
+  import hashlib
+
+  train, held = [], []
+  for r in recs:
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{r['source']}".encode()).digest()[:8], "little") / 2.0**64
+    (held if h < heldout_frac else train).append(r)
+  return train, held
+
+
+def _write_jsonl(path: str, recs) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    for r in recs:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  os.replace(path + ".tmp", path)
+
+
 def main(argv: list[str] | None = None) -> int:
   """``python -m softsae_jax.corpora``: writes the labelled docstrings as JSON lines and prints the counts."""
   ap = argparse.ArgumentParser(prog="python -m softsae_jax.corpora", description=__doc__.splitlines()[0])
   ap.add_argument("--out", required=True, help="the .jsonl file to write")
   ap.add_argument("--packages", default=",".join(DEFAULT_PACKAGES),
-                  help=f"comma-separated standard-library packages (default: {','.join(DEFAULT_PACKAGES)})")
+                  help=f"comma-separated standard-library packages, or `all` (default: {','.join(DEFAULT_PACKAGES)})")
   ap.add_argument("--min-words", type=positive_int, default=8, help="shortest docstring kept, in words (default: 8)")
   ap.add_argument("--max-per-package", type=positive_int, default=None, help="a seeded sample of at most N per package")
-  ap.add_argument("--seed", type=nonneg_int, default=0, help="the sample's seed (default: 0)")
+  ap.add_argument("--seed", type=nonneg_int, default=0, help="the sample's and the split's seed (default: 0)")
+  ap.add_argument("--pydoc-topics", action="store_true", help="add Python's documentation topics (label pydoc)")
+  ap.add_argument("--heldout-out", default=None,
+                  help="also split by document: the held-out records go to this file, the rest to --out")
+  ap.add_argument("--heldout-frac", type=proper_fraction, default=0.15,
+                  help="fraction of documents held out with --heldout-out (default: 0.15)")
   a = ap.parse_args(argv)
-  packages = [p.strip() for p in a.packages.split(",") if p.strip()]
+  packages = all_packages() if a.packages == "all" else [p.strip() for p in a.packages.split(",") if p.strip()]
   try:
     recs = stdlib_docstrings(packages, min_words=a.min_words, max_per_package=a.max_per_package, seed=a.seed)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-  with open(a.out + ".tmp", "w", encoding="utf-8") as f:
-    for r in recs:
-      f.write(json.dumps(r, ensure_ascii=False) + "\n")
-  os.replace(a.out + ".tmp", a.out)
-  counts = {p: sum(r["label"] == p for r in recs) for p in packages}
-  print(f"wrote {len(recs)} docstrings to {a.out}: " + ", ".join(f"{p} {n}" for p, n in counts.items()))
+  if a.pydoc_topics:
+    recs += pydoc_topics(a.min_words)
+  if a.heldout_out:
+    recs, held = split_documents(recs, a.heldout_frac, a.seed)
+    _write_jsonl(a.heldout_out, held)
+    print(f"held out {len(held)} documents ({sum(len(r['text'].split()) for r in held)} words) in {a.heldout_out}")
+  _write_jsonl(a.out, recs)
+  counts: dict[str, int] = {}
+  for r in recs:
+    counts[r["label"]] = counts.get(r["label"], 0) + 1
+  shown = ", ".join(f"{p} {n}" for p, n in list(counts.items())[:12]) + (", ..." if len(counts) > 12 else "")
+  print(f"wrote {len(recs)} documents ({sum(len(r['text'].split()) for r in recs)} words) to {a.out}: {shown}")
   return 0
 
 
