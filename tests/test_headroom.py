@@ -186,7 +186,8 @@ def test_orthonormal_oracle_and_threshold_exact_fixed_not(orthonormal, tmp_path,
 
 
 def test_fixed_and_khat_equal_softsae_eval(tmp_path, capsys):
-  """TopK at its k and SoftSAE at floor(k-hat): the headroom rows equal ``softsae eval``, with a norm factor."""
+  """TopK at its k and SoftSAE at floor(k-hat): the headroom rows equal ``softsae eval``, with a norm factor
+  (and for BatchTopK the run's own threshold rule, as eval)."""
   import jax
 
   from softsae_jax import archs
@@ -194,18 +195,21 @@ def test_fixed_and_khat_equal_softsae_eval(tmp_path, capsys):
   rng = np.random.default_rng(3)
   mix = synthetic.make_mixture(800, D, 48, k_values=(1, 2, 4, 8), seed=0)
   acts = write_acts(tmp_path / "acts", 3.0 * mix.x_ND.astype(np.float32) + rng.normal(size=D).astype(np.float32))
-  for arch in ("topk", "softsae"):
+  for arch in ("topk", "softsae", "batchtopk"):
     cfg = Config(sae=SaeConfig(arch=arch, d_in=D, n_latents=48, k=4)).resolve(D)
     p = archs.init_params(jax.random.key(1), cfg.sae)
     p = p._replace(b_enc=p.b_enc + 0.05, b_dec=jax.numpy.asarray(rng.normal(size=D) * 0.1, jax.numpy.float32))
-    wd = handmade.write_workdir(str(tmp_path / arch), cfg, p, norm_factor=2.5)
+    wd = handmade.write_workdir(str(tmp_path / arch), cfg, p, norm_factor=2.5,
+                                arch_state=0.3 if arch == "batchtopk" else None)
     assert run_cli("eval", "--workdir", wd, "--data", acts, "--out", tmp_path / f"{arch}-eval.json") == 0
     ev = json.loads((tmp_path / f"{arch}-eval.json").read_text())
     out = tmp_path / f"{arch}-h.json"
     assert run_cli("bench", "headroom", "--workdir", wd, "--data", acts, "--ks", "4,2.5", "--out", out) == 0
     res = json.loads(out.read_text())
     assert res["model"]["fvu"] == pytest.approx(ev["fvu"], rel=1e-9)
-    if arch == "topk":
+    if arch == "batchtopk":  # its own rule is its learned threshold, recorded next to the bench's
+      assert res["run"]["threshold"] == pytest.approx(0.3) and res["model"]["l0_mean"] == ev["l0_mean"]
+    elif arch == "topk":
       assert res["k_max"] == 16 and res["fvu_by_j"][4] == pytest.approx(ev["fvu"], rel=1e-4)
       assert res["rows"][0]["fixed"]["fvu"] == pytest.approx(ev["fvu"], rel=1e-4)
       assert res["rows"][1]["fixed"]["interpolated"] and res["rows"][1]["l0_mean"] == 2.5

@@ -329,7 +329,7 @@ def compare_at(curves: Curves, fvu_J: np.ndarray, budget: int, *, source: str,
   """
   from softsae_jax.stats import spearman
 
-  n, jn = curves.e_NJ.shape
+  n = curves.e_NJ.shape[0]
   m = budget / n
   lo = int(math.floor(m))
   p = m - lo
@@ -496,7 +496,8 @@ def cmd_headroom(args) -> int:
   res = headroom(curves, targets)
   sae = model.cfg.sae
   out = args.out or os.path.join(args.workdir, "headroom.json")
-  command = (f"softsae bench headroom --workdir {args.workdir} --data {args.data} --ks {','.join(f'{m:g}' for m in targets)} "
+  ks = ",".join(f"{m:g}" for m in targets)
+  command = (f"softsae bench headroom --workdir {args.workdir} --data {args.data} --ks {ks} "
              f"--k-max {k_max} --max-rows {args.max_rows} --batch-size {args.batch_size} --out {out}"
              + (" --skip-nonfinite" if args.skip_nonfinite else ""))
   meta = output.run_meta(argparse.Namespace(seed=None, set=None), command, t0)
