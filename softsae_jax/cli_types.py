@@ -108,6 +108,16 @@ def float_list(text: str) -> list[float]:
   return _parse_list(text, float, "a comma-separated list of numbers", lambda v: True)
 
 
+def positive_float_list(text: str) -> list[float]:
+  """Comma-separated finite numbers > 0, at least one (``--ks 8,13.5``: mean-L0 targets).
+
+  Examples:
+    >>> positive_float_list("8, 13.5")
+    [8.0, 13.5]
+  """
+  return _parse_list(text, float, "a comma-separated list of positive numbers", lambda v: v > 0)
+
+
 def nonneg_float_list(text: str) -> list[float]:
   """Comma-separated finite numbers >= 0, at least one (``--l0-coeffs 3e-3,1e-3``).
 

@@ -124,10 +124,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   q.add_argument("--quiet", action="store_true", help="no progress lines")
   q.set_defaults(bench_func=cmd_pareto)
 
-  from softsae_jax.bench import absorption, stability
+  from softsae_jax.bench import absorption, headroom, stability
 
   absorption.add_parser(sub)
   stability.add_parser(sub)
+  headroom.add_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
