@@ -109,6 +109,8 @@ def main() -> int:
   ap.add_argument("--steps", type=int, default=1000)
   ap.add_argument("--baselines", default="topk,batchtopk")
   ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
+  ap.add_argument("--variant", default=None, help="a name for a SoftSAE variant: its runs go to k<K>/softsae-<NAME>")
+  ap.add_argument("--soft-set", action="append", default=[], help="config overrides for SoftSAE only (a variant)")
   a = ap.parse_args()
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -120,7 +122,8 @@ def main() -> int:
   results = {}
   for k in [int(x) for x in a.ks.split(",")]:
     kdir = os.path.join(a.out, f"k{k}")
-    soft = train_split_eval(train, held, os.path.join(kdir, "softsae"), ["sae.arch=softsae", f"sae.k={k}", *common])
+    soft_dir = os.path.join(kdir, "softsae" + (f"-{a.variant}" if a.variant else ""))
+    soft = train_split_eval(train, held, soft_dir, ["sae.arch=softsae", f"sae.k={k}", *common, *a.soft_set])
     soft_by_seed = {s: soft[f"k{k}-seed{s}"] for s in seeds}
     m = statistics.mean(r["l0_mean"] for r in soft_by_seed.values())
     lo, hi = max(1, math.floor(m)), max(1, math.ceil(m))
@@ -131,8 +134,12 @@ def main() -> int:
                        "k_hat": _ms([r.get("k_hat_mean", float("nan")) for r in soft_by_seed.values()]),
                        "max_aux_loss": min(r["max_aux_loss"] for r in soft_by_seed.values())}}
     for arch in a.baselines.split(","):
-      base = train_split_eval(train, held, os.path.join(kdir, arch),
-                              [f"sae.arch={arch}", f"sae.k={lo}", f"sweep.k={ks}", *common])
+      base_dir = os.path.join(kdir, arch)
+      if os.path.exists(os.path.join(base_dir, "config.json")):
+        with open(os.path.join(base_dir, "config.json")) as f:
+          if tuple(json.load(f)["sweep"]["k"]) != tuple(sorted({lo, hi})):
+            base_dir = os.path.join(kdir, f"{arch}-k{ks.replace(',', '-')}")
+      base = train_split_eval(train, held, base_dir, [f"sae.arch={arch}", f"sae.k={lo}", f"sweep.k={ks}", *common])
       fvus, ratios, l0s = [], [], []
       for s in seeds:
         a_, b_ = base[f"k{lo}-seed{s}"], base[f"k{hi}-seed{s}"]
@@ -150,10 +157,12 @@ def main() -> int:
 
 
 def _write(out, results, a, train, held):
-  with open(os.path.join(out, "results.json"), "w") as f:
+  tag = f"_{a.variant}" if a.variant else ""
+  with open(os.path.join(out, f"results{tag}.json"), "w") as f:
     json.dump({"args": vars(a), "train": train, "heldout": held, "results": results}, f, indent=1)
   lines = [f"Command: `python scripts/minilm_study.py --ks {a.ks} --seeds {a.seeds} --steps {a.steps}"
-           + "".join(f" --set {s}" for s in a.set) + "`", "",
+           + "".join(f" --set {s}" for s in a.set) + (f" --variant {a.variant}" if a.variant else "")
+           + "".join(f" --soft-set {s}" for s in a.soft_set) + "`", "",
            "| k | arch | held-out FVU (mean ± sd) | held-out L0 | SoftSAE / arch at matched L0 | min over seeds of max AuxK loss |",
            "|---|---|---|---|---|---|"]
   for k, row in results.items():
@@ -167,7 +176,7 @@ def _write(out, results, a, train, held):
                    f"{r['fvu_at_matched_l0'][0]:.4f} ± {r['fvu_at_matched_l0'][1]:.4f} | "
                    f"{', '.join(f'{x:.1f}/{y:.1f}' for x, y in r['heldout_l0'])} | "
                    f"{r['softsae_over_baseline'][0]:.4f} ± {r['softsae_over_baseline'][1]:.4f} | {r['max_aux_loss']:.3g} |")
-  with open(os.path.join(out, "results.md"), "w") as f:
+  with open(os.path.join(out, f"results{tag}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines), flush=True)
 

@@ -10,7 +10,8 @@ Every architecture shares the building blocks of :mod:`softsae_jax.sae` (ReLU en
 * ``train_terms(params, x_BD, valid_B, sched, cfg, mesh)``: the training-mode forward pass and its
   loss terms, a :class:`Terms`;
 * ``infer(params, arch_state, x_BD, cfg, mesh)``: the inference rule, ``(acts_BF, k_B)``;
-* ``update_state(arch_state, step, acts_BF, valid_B, cfg)``: the post-step update of its state;
+* ``update_state(arch_state, step, terms, valid_B, cfg)``: the post-step update of its state (``terms``:
+  this step's :class:`Terms`);
 * ``frozen(sched, any_dead, params, cfg)``: which parameters the optimizer must leave untouched this
   step (a Params-shaped bool tree), or ``None``.
 
@@ -61,6 +62,7 @@ class Schedule(NamedTuple):
   k: jax.Array  # the target k (float32): ``sae.k``, or a sweep member's own k (static bound: ``sae.k``)
   kmax: jax.Array  # SoftSAE's k-hat bound: ``sae.kmax``, or a sweep member's own (static bound: ``sae.kmax``)
   annealing: jax.Array  # bool: the k budget is still above k (the step is inside train.k_anneal_frac)
+  arch_state: Any = None  # the arch's state before this step (TrainState.arch_state)
 
 
 class Terms(NamedTuple):
@@ -152,12 +154,32 @@ def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig, mesh=None, kmax=Non
   return Codes(pre_BF, pre_BF * parallel.soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax, mesh=mesh), k_B)
 
 
+def _softsae_state(cfg: SaeConfig):
+  """``sae.k_control='integral'``: the controller's budget offset (float32, in latents); else none."""
+  return jnp.zeros((), jnp.float32) if cfg.k_control == "integral" else None
+
+
+def _softsae_update(offset, step, terms: Terms, valid_B, cfg: Config):
+  """The integral controller: offset += rate * (k - mean floor(k-hat)) on the steps between the end of the
+  k anneal and the hard phase (k_B is k-hat there), clipped to [-k, k]."""
+  if offset is None:
+    return None
+  t, sae = cfg.train.steps, cfg.sae
+  start = int(round(cfg.train.k_anneal_frac * t))
+  stop = t - int(round(cfg.train.hard_frac * t))
+  n = jnp.maximum(valid_B.sum(), 1.0)
+  l0 = jnp.sum(jnp.floor(terms.k_B) * valid_B) / n
+  new = jnp.clip(offset + sae.k_control_rate * (sae.k - l0), -float(sae.k), float(sae.k))
+  return jnp.where((step >= start) & (step < stop), new, offset)
+
+
 def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) -> Terms:
   sae = cfg.sae
+  budget = sched.k_budget if sched.arch_state is None else sched.k_budget + sched.arch_state
 
   def soft(_):
     codes = _softsae_soft_codes(params, x_BD, sched.alpha, sae, mesh, sched.kmax)
-    k_loss = losses.k_budget_loss(codes.k_B, sched.k_budget, sae.k_loss_beta, valid_B)
+    k_loss = losses.k_budget_loss(codes.k_B, budget, sae.k_loss_beta, valid_B)
     return _dense_terms(params, x_BD, valid_B, codes.acts_BF, codes.pre_BF, sae,
                         sparsity=sae.k_loss_weight * k_loss, k_B=codes.k_B)
 
@@ -259,13 +281,14 @@ def _threshold_infer(params, threshold, x_BD, cfg: SaeConfig, mesh):
   return acts_BF, _count(acts_BF)
 
 
-def _threshold_update(threshold, step, acts_BF, valid_B, cfg: Config):
+def _threshold_update(threshold, step, terms: Terms, valid_B, cfg: Config):
   """The inference threshold: the smallest selected activation of each batch, averaged (docs/method.md §4.2).
 
   A running mean over the first 1/(1-beta) updates, then the EMA: the reference's plain EMA (beta
   0.999 from step 1000) stays biased towards early values in short runs.
   """
   sae = cfg.sae
+  acts_BF = terms.acts_BF
   sel_BF = (acts_BF > 0) & valid_B[:, None]
   min_act = jnp.min(jnp.where(sel_BF, acts_BF, jnp.inf))
   start = int(round(sae.threshold_start_frac * cfg.train.steps))
@@ -363,7 +386,7 @@ def _jumprelu_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
 
 
 ARCHS: dict[str, Arch] = {
-    "softsae": Arch(_softsae_init, _none, _softsae_terms, _softsae_infer, _keep_state, _softsae_frozen),
+    "softsae": Arch(_softsae_init, _softsae_state, _softsae_terms, _softsae_infer, _softsae_update, _softsae_frozen),
     "topk": Arch(_none, _none, _topk_terms, _topk_infer, _keep_state, _none),
     "batchtopk": Arch(_none, _threshold_init, _batchtopk_terms, _threshold_infer, _threshold_update, _none),
     "matryoshka": Arch(_none, _threshold_init, _matryoshka_terms, _threshold_infer, _threshold_update, _none),

@@ -52,6 +52,12 @@ class SaeConfig:
       encoder; measured in docs/results.md.
     k_loss_weight: weight of the k-budget term softplus_beta(mean k-hat - budget).
     k_loss_beta: beta of that softplus (the authors': 5).
+    k_control: "none" (the authors': the hinge alone, so the delivered L0 lands under k: the mean
+      k-hat settles below the budget and inference floors it) or "integral": after the k anneal and
+      before the hard phase, the hinge's budget is raised by a controller offset that integrates the
+      batch's shortfall k - mean floor(k-hat), so the delivered L0 is held at k (the budget as a
+      constraint; docs/method.md §3.1).
+    k_control_rate: the integral controller's gain (offset change per step per latent of shortfall).
     auxk_alpha: weight of the AuxK dead-latent loss (the authors': 1/32).
     top_k_aux: AuxK's k; None means D // 2.
     dead_tokens: a latent is dead (AuxK trains it; the dead fraction counts it) after this many tokens
@@ -87,6 +93,8 @@ class SaeConfig:
   soft_grad: str = "stop"
   k_loss_weight: float = 1.0
   k_loss_beta: float = 5.0
+  k_control: str = "none"
+  k_control_rate: float = 0.01
   auxk_alpha: float = 1.0 / 32.0
   top_k_aux: int | None = None
   dead_tokens: int | None = None
@@ -103,6 +111,8 @@ class SaeConfig:
   def __post_init__(self):
     if self.arch not in ARCHS:
       raise ConfigError(f"sae.arch must be one of {', '.join(ARCHS)}; got {self.arch!r}")
+    if self.k_control not in ("none", "integral"):
+      raise ConfigError(f"sae.k_control must be 'none' or 'integral'; got {self.k_control!r}")
     if self.soft_grad not in ("faithful", "stop"):
       raise ConfigError(f"sae.soft_grad must be 'faithful' or 'stop'; got {self.soft_grad!r}")
     if self.compute_dtype not in ("float32", "bfloat16"):

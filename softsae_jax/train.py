@@ -158,7 +158,7 @@ def _update(step, params, opt_state, since_fired_F, arch_state, grads, loss, ter
   n_valid = valid_f.sum()
   fired_F = jnp.any((acts_BF != 0) & valid_B[:, None], axis=0)
   since_fired_F = jnp.where(fired_F, 0, since_fired_F + n_valid.astype(jnp.int32))
-  arch_state = arch.update_state(arch_state, step, acts_BF, valid_B, cfg)
+  arch_state = arch.update_state(arch_state, step, terms, valid_B, cfg)
 
   l0_B = (acts_BF != 0).sum(axis=1).astype(jnp.float32)
   big = jnp.float32(3e38)
@@ -182,7 +182,7 @@ def train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: C
   """
   x_BD, valid_f = _batch(state, x_BD, valid_B)
   dead_F = state.since_fired_F >= cfg.dead_tokens
-  sched = schedules(cfg, state.step)
+  sched = schedules(cfg, state.step)._replace(arch_state=state.arch_state)
   (loss, (terms, aux)), grads = jax.value_and_grad(_loss_fn, has_aux=True)(
       state.params, x_BD, valid_f, dead_F, sched, cfg, mesh)
   params, opt_state, since_fired_F, arch_state, metrics = _update(
@@ -247,7 +247,8 @@ def abstract_sweep_state(cfg: Config, tx: optax.GradientTransformation) -> Train
   return jax.eval_shape(lambda: init_sweep_state(cfg, tx, b_dec_D=jnp.zeros((cfg.sae.d_in,)), norm_factor=1.0))
 
 
-_SCHED_AXES = archs.Schedule(k_budget=0, alpha=None, hard=None, l0_coeff=None, k=0, kmax=0, annealing=None)
+_SCHED_AXES = archs.Schedule(k_budget=0, alpha=None, hard=None, l0_coeff=None, k=0, kmax=0, annealing=None,
+                             arch_state=0)
 
 
 def sweep_train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, cfg: Config,
@@ -257,6 +258,7 @@ def sweep_train_step(state: TrainState, x_BD: jax.Array, valid_B: jax.Array, *, 
   k_S, kmax_S, _ = sweep_members(cfg)
   x_BD, valid_f = _batch(state, x_BD, valid_B)
   sched = schedules(bound, state.step, k=jnp.asarray(k_S, jnp.float32), kmax=jnp.asarray(kmax_S, jnp.float32))
+  sched = sched._replace(arch_state=state.arch_state)
   dead_SF = state.since_fired_F >= bound.dead_tokens
   any_dead = jnp.any(dead_SF)  # unbatched: AuxK's cond stays a cond under the vmap
 
