@@ -108,6 +108,9 @@ def main() -> int:
   ap.add_argument("--seeds", default="0,1,2")
   ap.add_argument("--steps", type=int, default=1000)
   ap.add_argument("--baselines", default="topk,batchtopk")
+  ap.add_argument("--headroom", action="store_true",
+                  help="also `softsae bench headroom` (first 40k held-out rows) of each SoftSAE seed and of TopK at "
+                       "floor(m), at mean L0 floor(m): the best any per-token allocation does with each dictionary")
   ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
   ap.add_argument("--variant", default=None, help="a name for a SoftSAE variant: its runs go to k<K>/softsae-<NAME>")
   ap.add_argument("--soft-set", action="append", default=[], help="config overrides for SoftSAE only (a variant)")
@@ -151,9 +154,34 @@ def main() -> int:
       row[arch] = {"fvu_at_matched_l0": _ms(fvus), "softsae_over_baseline": _ms(ratios),
                    "trained_k": [lo, hi], "heldout_l0": [list(x) for x in l0s],
                    "max_aux_loss": min(r["max_aux_loss"] for r in base.values())}
+    if a.headroom:
+      row["headroom"] = headroom(held, [os.path.join(soft_dir, "members", f"k{k}-seed{s}") for s in seeds],
+                                 [os.path.join(kdir, "topk", "members", f"k{lo}-seed{s}") for s in seeds], lo)
     results[k] = row
     _write(a.out, results, a, train, held)
   return 0
+
+
+def headroom(held: str, soft_members: list[str], topk_members: list[str], l0: int) -> dict:
+  """Per seed, at mean L0 ``l0``: FVU of fixed k / the oracle allocation / a global threshold on each
+  dictionary, and the SoftSAE dictionary's oracle over TopK's own fixed-k FVU."""
+  def row(wd):
+    out = os.path.join(wd, f"headroom_l0{l0}.json")
+    if not os.path.exists(out):
+      sh("bench", "headroom", "--workdir", wd, "--data", held, "--ks", str(l0), "--max-rows", "40000", "--out", out)
+    with open(out) as f:
+      return next(r for r in json.load(f)["rows"] if r["source"] == "target")
+
+  res: dict[str, list[float]] = {}
+  for sw, tw in zip(soft_members, topk_members):
+    so, tk = row(sw), row(tw)
+    for name, v in (("topk_oracle_over_fixed", tk["ratios"]["oracle_over_fixed"]),
+                    ("topk_threshold_over_fixed", tk["ratios"]["threshold_over_fixed"]),
+                    ("softsae_oracle_over_fixed", so["ratios"]["oracle_over_fixed"]),
+                    ("softsae_fixed_over_topk_fixed", so["fixed"]["fvu"] / tk["fixed"]["fvu"]),
+                    ("softsae_oracle_over_topk_fixed", so["oracle"]["fvu"] / tk["fixed"]["fvu"])):
+      res.setdefault(name, []).append(v)
+  return {"l0": l0, **{name: _ms(v) for name, v in res.items()}}
 
 
 def _write(out, results, a, train, held):
@@ -176,6 +204,11 @@ def _write(out, results, a, train, held):
                    f"{r['fvu_at_matched_l0'][0]:.4f} ± {r['fvu_at_matched_l0'][1]:.4f} | "
                    f"{', '.join(f'{x:.1f}/{y:.1f}' for x, y in r['heldout_l0'])} | "
                    f"{r['softsae_over_baseline'][0]:.4f} ± {r['softsae_over_baseline'][1]:.4f} | {r['max_aux_loss']:.3g} |")
+  for k, row in results.items():
+    if "headroom" in row:
+      h = row["headroom"]
+      lines += ["", f"Headroom at k = {k}, mean L0 {h['l0']} (first 40k held-out rows, mean ± sd over seeds):", ""]
+      lines += [f"* {name.replace('_', ' ')}: {v[0]:.4f} ± {v[1]:.4f}" for name, v in h.items() if name != "l0"]
   with open(os.path.join(out, f"results{tag}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines), flush=True)
