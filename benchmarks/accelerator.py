@@ -13,8 +13,9 @@ float16 shards (the step casts on device); ``sae.compute_dtype`` is the matmul d
 SoftSAE runs at steady state (the soft phase with alpha and the k budget at their final values).
 
 Printed per arch: step time, tokens/s (B / median step), model FLOPs per token (below), XLA's own count
-(``compiled.cost_analysis()["flops"] / B``, the FLOPs the compiled program executes, dense top-k
-bookkeeping included), achieved TFLOP/s and MFU = tokens/s x model FLOPs per token / peak FLOP/s,
+(``compiled.cost_analysis()["flops"] / B``: what the compiled program holds, dense gradients where the
+step computes them densely, and both branches of every ``cond``, so AuxK's and SoftSAE's hard phase
+are in it although a steady-state step runs neither: an upper bound), achieved TFLOP/s and MFU = tokens/s x model FLOPs per token / peak FLOP/s,
 and memory: ``compiled.memory_analysis()`` (peak = arguments + outputs - donated aliases + temporaries)
 and, where the backend reports it (GPU/TPU), the allocator's ``peak_bytes_in_use``.
 

@@ -13,6 +13,7 @@ Run:  python benchmarks/data_path.py [--rows 500000] [--d 768] [--f 16384] [--k 
    the default ``data.prefetch`` depth; each batch is waited for (``block_until_ready``). Also without
    the prefetch thread (depth 0), the rate of one host thread.
 3. Step: the real jitted train step (topk, softsae at steady state) at d, F, k, B, float32.
+4. The loader's stages one by one (:func:`stages`): index shuffle, gather, finiteness check, device_put.
 
 Loader and steps are timed in interleaved rounds (``--rounds``; each round reads ``--batches`` batches
 per loader variant and runs ``--steps`` steps per arch). Printed: rows/s of each (median over rounds),
@@ -82,6 +83,35 @@ def loader(ds, batch: int, *, seed: int = 0, depth: int = 2):
   return read
 
 
+def stages(ds, batch: int, n: int = 20, *, seed: int = 0) -> dict[str, float]:
+  """Milliseconds per batch of each stage of ``BatchSource.batch`` + ``to_global``, run one after the
+  other on one thread: the grain index shuffle, the gather from the memory maps, the finiteness check
+  and the device_put."""
+  import jax
+
+  from softsae_jax import sharding
+  from softsae_jax.data import BatchSource, check_finite, read_rows, to_global
+
+  mesh = sharding.make_mesh(1, 1)
+  rows_sh, _ = sharding.batch_shardings(mesh)
+  source = BatchSource(ds, batch, seed)
+  ts = {"indices (grain index_shuffle)": [], "read_rows (gather from the mmaps)": [],
+        "check_finite": [], "to_global (device_put)": []}
+  for s in range(n):
+    t0 = time.perf_counter()
+    idx_B = source.indices(s)
+    t1 = time.perf_counter()
+    x_BD = read_rows(ds, idx_B)
+    t2 = time.perf_counter()
+    check_finite(ds, idx_B, x_BD, False)
+    t3 = time.perf_counter()
+    jax.block_until_ready(to_global(x_BD, rows_sh, x_BD.shape))
+    t4 = time.perf_counter()
+    for name, dt in zip(ts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+      ts[name].append(1e3 * dt)
+  return {name: statistics.median(v) for name, v in ts.items()}
+
+
 def measure(ds, *, d: int, f: int, k: int, batch: int, rounds: int = 5, batches: int = 40, steps: int = 3,
             archs=("topk", "softsae"), depth: int = 2) -> dict[str, float]:
   """Rows/s (median over interleaved rounds) of the loader (prefetch ``depth`` and 0) and of each arch's step."""
@@ -134,6 +164,7 @@ def main():
           flush=True)
     rates = measure(ds, d=a.d, f=a.f, k=a.k, batch=a.batch, rounds=a.rounds, batches=a.batches, steps=a.steps,
                     archs=a.archs.split(","), depth=depth)
+    parts = stages(ds, a.batch)
   steps = {n: r for n, r in rates.items() if n.startswith("step")}
   print(f"# load after: {load()}\n")
   print("| path | rows/s | MB/s (float16) | " + " | ".join(f"x {n}" for n in steps) + " |")
@@ -142,6 +173,10 @@ def main():
     print(f"| {name} | {r:,.0f} | {r * a.d * 2 / 1e6:,.0f} | " + " | ".join(f"{r / s:.1f}" for s in steps.values())
           + " |")
   worst = min(rates[f"loader (prefetch {depth})"] / s for s in steps.values())
+  print(f"\n# the loader's stages, ms per batch of {a.batch} (median of 20, one thread, no prefetch):\n")
+  print("| stage | ms | share |\n|---|---|---|")
+  for name, ms in parts.items():
+    print(f"| {name} | {ms:.2f} | {100 * ms / sum(parts.values()):.0f}% |")
   print(f"\n# goal (issue 13): loader >= 20x the rows the d={a.d} step consumes: {worst:.1f}x at the fastest step "
         f"-> {'met' if worst >= 20 else 'missed'}")
 

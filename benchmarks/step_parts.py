@@ -51,7 +51,9 @@ def pieces(arch: str, d: int, f: int, k: int, b: int) -> dict:
 
   step = _steps.build(arch, d, f, k, b)
   cfg, sae = step.cfg, step.cfg.sae
-  params, opt_state = step.state.params, step.state.opt_state
+  # Copies: the whole step donates (deletes) the state it is given.
+  params, opt_state, since_F = jax.tree.map(lambda a: a.copy(), (step.state.params, step.state.opt_state,
+                                                                  step.state.since_fired_F))
   x_BD = jnp.asarray(_steps.inputs(b, d)) / step.state.norm_factor
   rng = np.random.default_rng(1)
   g_BD = jnp.asarray(rng.normal(size=(b, d)).astype(np.float32))
@@ -103,7 +105,7 @@ def pieces(arch: str, d: int, f: int, k: int, b: int) -> dict:
       "encoder backward: dW_enc = x^T dpre (dense)": (jax.jit(lambda x, g: x.T @ g), (x_BD, dpre_BF)),
       "optimizer (Adam, projection, unit-norm decoder)": (jax.jit(optimizer), (grads, opt_state, params)),
       "bookkeeping (dead counter, L0, FVU, loss)": (jax.jit(bookkeeping),
-                                                     (acts_BF, step.state.since_fired_F, x_BD, recon_BD)),
+                                                     (acts_BF, since_F, x_BD, recon_BD)),
   })
   w_DF = jnp.asarray(rng.normal(size=(d, f)).astype(np.float32))
   out["unit: one [B, d] x [d, F] matmul"] = (jax.jit(lambda x, w: x @ w), (x_BD, w_DF))

@@ -84,6 +84,8 @@ def test_data_path_measures_the_loader_and_the_step(tmp_path):
   rates = data_path.measure(ds, d=D, f=F, k=K, batch=B, rounds=1, batches=3, steps=1, archs=("topk",))
   assert set(rates) == {"loader (prefetch 2)", "loader (no prefetch)", "step topk"}
   assert all(math.isfinite(r) and r > 0 for r in rates.values())
+  parts = data_path.stages(ds, B, n=2)
+  assert len(parts) == 4 and all(ms >= 0 for ms in parts.values())
 
 
 def test_peers_jax_side_runs_interleaved():
