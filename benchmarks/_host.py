@@ -32,13 +32,23 @@ def load() -> str:
     return "n/a"
 
 
+def cores() -> str:
+  """"N cores", and how many this process may run on when that is fewer (taskset, cgroups)."""
+  n = os.cpu_count() or 0
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    usable = n
+  return f"{n} cores" + (f" ({usable} usable)" if usable < n else "")
+
+
 def header(*parts: str) -> str:
   """The ``#`` line every speed script prints first: date, jax, backend, CPU, cores, load, then ``parts``."""
   import jax
 
   dev = jax.devices()[0]
   fields = [time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), f"jax {jax.__version__}",
-            f"{dev.platform} ({dev.device_kind})", cpu_model(), f"{os.cpu_count()} cores", f"load {load()}"]
+            f"{dev.platform} ({dev.device_kind})", cpu_model(), cores(), f"load {load()}"]
   return "# " + " | ".join(fields + [p for p in parts if p])
 
 

@@ -29,6 +29,10 @@ float32, Adam, on one device:
 * Roofline rows: one dense [B, d] x [d, F] float32 matmul in each framework (the encoder's forward;
   a step whose decoder and gradients are all dense does 5 of them, SoftSAE's soft phase 7).
 
+On a shared machine with more runnable jobs than cores, ``taskset -c 0 python benchmarks/peers.py``
+runs both sides on one core (torch then takes one thread, XLA sizes its pool the same way), which keeps
+the multi-threaded runtimes' waits on descheduled threads out of the comparison.
+
 Timing: after 3 warm-up steps each, every round runs one step of each contender in turn, so load
 from other processes hits them alike. Printed per contender: median and best step time, tokens/s
 (B / median), the median over rounds of the per-round ratio to the plain PyTorch TopK step and the
