@@ -4,7 +4,7 @@ Run:  python benchmarks/accelerator.py                 # d=2304 F=65536 k=32 B=8
       python benchmarks/accelerator.py --small         # d=256 F=4096 k=32 B=1024: a CPU check (seconds)
       python benchmarks/accelerator.py --compile-only  # memory and XLA's FLOP count only, nothing run
       python benchmarks/accelerator.py --d 768 --f 16384 --k 64 --batch 1024 --dtype float32 --profile 3
-                                                        # + where the time goes, by XLA op (3 traced steps)
+                    # + the top XLA ops of 3 traced steps (GPU/TPU; on XLA:CPU use benchmarks/step_parts.py)
 
 What is timed: ``make_train_step`` (the jit ``softsae train`` runs: state donated, one device), lowered
 and compiled once with ``jax.jit(...).lower(...).compile()``, then ``--warmup`` steps and the median of
@@ -15,9 +15,10 @@ SoftSAE runs at steady state (the soft phase with alpha and the k budget at thei
 Printed per arch: step time, tokens/s (B / median step), model FLOPs per token (below), XLA's own count
 (``compiled.cost_analysis()["flops"] / B``: what the compiled program holds, dense gradients where the
 step computes them densely, and both branches of every ``cond``, so AuxK's and SoftSAE's hard phase
-are in it although a steady-state step runs neither: an upper bound), achieved TFLOP/s and MFU = tokens/s x model FLOPs per token / peak FLOP/s,
-and memory: ``compiled.memory_analysis()`` (peak = arguments + outputs - donated aliases + temporaries)
-and, where the backend reports it (GPU/TPU), the allocator's ``peak_bytes_in_use``.
+are in it although a steady-state step runs neither: an upper bound), achieved TFLOP/s and
+MFU = tokens/s x model FLOPs per token / peak FLOP/s, and memory: ``compiled.memory_analysis()``
+(peak = arguments + outputs - donated aliases + temporaries) and, where the backend reports it
+(GPU/TPU), the allocator's ``peak_bytes_in_use``.
 
 Model FLOPs per token (2 FLOPs per multiply-add; D = d_in, F = latents, k = active latents;
 backward = 2x forward, the usual 6N convention; AuxK is not counted, it runs only when latents are dead):
@@ -61,11 +62,14 @@ import _steps  # noqa: E402
 from _host import header  # noqa: E402
 
 # Dense bf16 tensor-core / MXU peak, TFLOP/s per chip (not the 2:4-sparsity figures), matched as a
-# substring of device_kind, first match wins:
-#   NVIDIA H100 SXM: 989 (H100 datasheet, "BF16 Tensor Core 1,979 TFLOPS*", * = with sparsity);
-#   H100 PCIe: 756 (same datasheet, 1,513 with sparsity); H200 SXM: 989 (H200 datasheet, 1,979 with
-#   sparsity); A100: 312 (A100 datasheet, "BF16 Tensor Core 312 TFLOPS | 624*"). Google Cloud TPU docs
-#   ("TPU v4", "TPU v5e", "TPU v5p", "TPU v6e" system-architecture pages): v4 275, v5e 197, v5p 459, v6e 918.
+# substring of device_kind, first match wins. Sources:
+#   NVIDIA H100 datasheet (nvidia.com/en-us/data-center/h100): SXM "BF16 Tensor Core 1,979 TFLOPS*",
+#     PCIe 1,513*, * = with sparsity, so 989 and 756 dense;
+#   NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): SXM 1,979* -> 989 dense;
+#   NVIDIA A100 datasheet (nvidia.com/en-us/data-center/a100): "BF16 Tensor Core 312 TFLOPS | 624*";
+#   Google Cloud TPU system architecture pages (cloud.google.com/tpu/docs/v4, .../v5e, .../v5p,
+#     .../v6e), "Peak compute per chip (bf16)": v4 275, v5e 197, v5p 459, v6e 918.
+# jax's device_kind for v5e and v6e reads "TPU v5 lite" and "TPU v6 lite".
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0),
     ("H100", 989.0),
@@ -78,7 +82,6 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("TPU v5", 459.0),
     ("TPU v6 lite", 918.0),
     ("TPU v6e", 918.0),
-    ("TPU7x", 2307.0),  # Ironwood, Google Cloud TPU docs (FP8 4614 / BF16 2307 per chip)
 )
 
 FULL = dict(d=2304, f=65536, k=32, batch=8192, dtype="bfloat16")

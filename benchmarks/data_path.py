@@ -115,7 +115,8 @@ def stages(ds, batch: int, n: int = 20, *, seed: int = 0) -> dict[str, float]:
 def measure(ds, *, d: int, f: int, k: int, batch: int, rounds: int = 5, batches: int = 40, steps: int = 3,
             archs=("topk", "softsae"), depth: int = 2) -> dict[str, float]:
   """Rows/s (median over interleaved rounds) of the loader (prefetch ``depth`` and 0) and of each arch's step."""
-  readers = {f"loader (prefetch {depth})": loader(ds, batch, depth=depth), "loader (no prefetch)": loader(ds, batch, depth=0)}
+  readers = {f"loader (prefetch {depth})": loader(ds, batch, depth=depth),
+             "loader (no prefetch)": loader(ds, batch, depth=0)}
   runs = {f"step {arch}": _steps.runner(_steps.build(arch, d, f, k, batch)) for arch in archs}
   for name, read in readers.items():
     read(0, 2)
