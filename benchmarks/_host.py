@@ -1,0 +1,57 @@
+"""What the speed scripts print about the host: CPU model, cores, load, library versions.
+
+Shared by benchmarks/peers.py, accelerator.py and data_path.py (imported as a sibling module: the
+scripts run as ``python benchmarks/NAME.py``, which puts this directory on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+
+
+def cpu_model() -> str:
+  """The first "model name" of /proc/cpuinfo, else platform.processor()."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def load() -> str:
+  """The 1-minute load average, or "n/a" where the OS has none."""
+  try:
+    return f"{os.getloadavg()[0]:.2f}"
+  except (AttributeError, OSError):
+    return "n/a"
+
+
+def cores() -> str:
+  """"N cores", and how many this process may run on when that is fewer (taskset, cgroups)."""
+  n = os.cpu_count() or 0
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    usable = n
+  return f"{n} cores" + (f" ({usable} usable)" if usable < n else "")
+
+
+def header(*parts: str) -> str:
+  """The ``#`` line every speed script prints first: date, jax, backend, CPU, cores, load, then ``parts``."""
+  import jax
+
+  dev = jax.devices()[0]
+  fields = [time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), f"jax {jax.__version__}",
+            f"{dev.platform} ({dev.device_kind})", cpu_model(), cores(), f"load {load()}"]
+  return "# " + " | ".join(fields + [p for p in parts if p])
+
+
+def summary(ts: list[float]) -> tuple[float, float]:
+  """(median, best) of a list of times."""
+  return statistics.median(ts), min(ts)

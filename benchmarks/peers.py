@@ -1,0 +1,417 @@
+"""`softsae train` steps against PyTorch SAE trainers, timed in one run, interleaved.
+
+Run:  python benchmarks/peers.py [--rounds 7] [--peers-python .venv-peers/bin/python]
+      (about 3 minutes on a 2-core CPU; ``--sizes 384x4096x32`` for the small size only)
+
+Peers environment (the torch side runs there, in a worker subprocess; SAELens's and sparsify's pins
+need not agree with jax's):
+
+    python3 -m venv .venv-peers
+    .venv-peers/bin/pip install torch          # a CPU or CUDA build, as the machine needs
+    .venv-peers/bin/pip install eai-sparsify sae-lens   # or: pip install -e '.[peers]' in that venv
+
+Contenders, each one optimizer step on the same shapes (B rows of width d, F latents, k active),
+float32, Adam, on one device:
+
+* ``softsae topk`` / ``softsae softsae``: the real jitted step of ``softsae train``
+  (:func:`softsae_jax.train.make_train_step` on a 1x1 mesh, state donated, library defaults);
+  SoftSAE at steady state: the soft phase with alpha and the k budget at their final values
+  (``train.alpha_anneal_frac=0``, ``train.k_anneal_frac=0``), as after the first 1-5% of a run.
+* ``torch topk (plain)``: a plain PyTorch TopK SAE step: ReLU encoder, ``torch.topk``, the codes
+  scattered into a dense [B, F] tensor and decoded by one dense matmul, MSE, ``loss.backward()``,
+  ``torch.optim.Adam``, decoder rows renormalised (:class:`PlainTopK`).
+* ``sparsify``: EleutherAI sparsify's ``SparseCoder`` (fused encoder, ``embedding_bag`` decoder and
+  index-add backward) with the per-step work of its ``Trainer.fit`` for one SAE: unit-norm decoder,
+  forward, FVU loss, backward, parallel-gradient removal, Adam step, dead-latent bookkeeping.
+  (sparsify's default optimizer is signum; Adam, its other built-in, is used to match the others.)
+* ``sae_lens``: SAELens's ``SAETrainer.step`` on a ``TopKTrainingSAE`` (its defaults: Adam, gradient
+  clipping, decoder-norm rescaling of the activations, AuxK when latents are dead).
+* Roofline rows: one dense [B, d] x [d, F] float32 matmul in each framework (the encoder's forward;
+  a step whose decoder and gradients are all dense does 5 of them, SoftSAE's soft phase 7).
+
+On a shared machine with more runnable jobs than cores, ``taskset -c 0 python benchmarks/peers.py``
+runs both sides on one core (torch then takes one thread, XLA sizes its pool the same way), which keeps
+the multi-threaded runtimes' waits on descheduled threads out of the comparison.
+
+Timing: after 3 warm-up steps each, every round runs one step of each contender in turn, so load
+from other processes hits them alike. Printed per contender: median and best step time, tokens/s
+(B / median), the median over rounds of the per-round ratio to the plain PyTorch TopK step and the
+ratio of best times, and step / one matmul of its own framework. Then the acceptance ratios of
+issue 13. Writes nothing; results are recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+DEFAULT_SIZES = "384x4096x32,768x16384x64"
+TORCH_NAMES = ("torch topk (plain)", "sparsify", "sae_lens", "torch matmul")
+JAX_NAMES = ("softsae topk", "softsae softsae", "jax matmul")
+REFERENCE = "torch topk (plain)"
+
+
+# ------------------------------------------------------------------------------------- torch side
+# Imports torch (and the peers) only inside functions: the jax process never imports torch.
+
+
+def _inputs_np(b: int, d: int, seed: int = 0) -> np.ndarray:
+  return np.random.default_rng(seed).normal(size=(b, d)).astype(np.float32)
+
+
+class PlainTopK:
+  """A plain PyTorch TopK SAE step (dense decode, autograd, Adam, unit-norm decoder rows)."""
+
+  def __init__(self, d: int, f: int, k: int, b: int, lr: float = 2e-4, seed: int = 0):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    w_dec = torch.empty(f, d).uniform_(-f ** -0.5, f ** -0.5, generator=g)
+    w_dec /= w_dec.norm(dim=1, keepdim=True)
+    self.w_enc = w_dec.T.clone().requires_grad_()
+    self.b_enc = torch.zeros(f, requires_grad=True)
+    self.w_dec = w_dec.requires_grad_()
+    self.b_dec = torch.zeros(d, requires_grad=True)
+    self.k = k
+    self.opt = torch.optim.Adam([self.w_enc, self.b_enc, self.w_dec, self.b_dec], lr=lr)
+    self.x = torch.from_numpy(_inputs_np(b, d, seed))
+
+  def step(self) -> float:
+    import torch
+
+    x = self.x
+    pre = torch.relu((x - self.b_dec) @ self.w_enc + self.b_enc)
+    vals, idx = pre.topk(self.k, dim=-1, sorted=False)
+    acts = torch.zeros_like(pre).scatter(-1, idx, vals)
+    recon = acts @ self.w_dec + self.b_dec
+    loss = (recon - x).pow(2).sum(-1).mean()
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    self.opt.step()
+    with torch.no_grad():
+      self.w_dec /= self.w_dec.norm(dim=1, keepdim=True)
+    return float(loss.detach())
+
+
+class SparsifyStep:
+  """sparsify's ``Trainer.fit`` inner step for one SAE on activations (loss_fn="fvu", auxk_alpha=0)."""
+
+  def __init__(self, d: int, f: int, k: int, b: int, seed: int = 0):
+    import torch
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    torch.manual_seed(seed)
+    self.sae = SparseCoder(d, SparseCoderConfig(num_latents=f, k=k), device="cpu", dtype=torch.float32)
+    self.opt = torch.optim.Adam(self.sae.parameters(), lr=2e-4 / (f / 2 ** 14) ** 0.5)  # its default lr rule
+    self.since_fired = torch.zeros(f, dtype=torch.long)
+    self.did_fire = torch.zeros(f, dtype=torch.bool)
+    self.x = torch.from_numpy(_inputs_np(b, d, seed))
+    self.sae.b_dec.data = self.x.mean(0)  # fit() does this on its first batch
+
+  def step(self) -> float:
+    import torch
+
+    x, sae = self.x, self.sae
+    sae.set_decoder_norm_to_unit_norm()
+    total_variance = (x - x.mean(0)).pow(2).sum()
+    out = sae(x=x, y=x, dead_mask=None, total_variance=total_variance)
+    self.did_fire[out.latent_indices.flatten()] = True
+    fvu = float(out.fvu.detach())
+    out.fvu.backward()
+    sae.remove_gradient_parallel_to_decoder_directions()
+    self.opt.step()
+    self.opt.zero_grad()
+    with torch.no_grad():
+      self.since_fired += x.shape[0]
+      self.since_fired[self.did_fire] = 0
+      self.did_fire.zero_()
+    return fvu
+
+
+class SaeLensStep:
+  """SAELens's ``SAETrainer.step`` on a ``TopKTrainingSAE`` (what ``fit()`` calls per batch)."""
+
+  def __init__(self, d: int, f: int, k: int, b: int, seed: int = 0):
+    import torch
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    torch.manual_seed(seed)
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=f, k=k, dtype="float32", device="cpu"))
+    # lr_end: what LanguageModelSAERunnerConfig.__post_init__ sets by default (lr / 10).
+    cfg = SAETrainerConfig(total_training_samples=10 ** 12, train_batch_size_samples=b, device="cpu", lr_end=3e-5)
+    self.trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    self.x = torch.from_numpy(_inputs_np(b, d, seed))
+
+  def step(self) -> float:
+    out = self.trainer.step(self.x)
+    self.trainer.n_training_steps += 1
+    return float(out.loss.detach())
+
+
+class TorchMatmul:
+  """One dense [B, d] x [d, F] float32 matmul (the roofline unit)."""
+
+  def __init__(self, d: int, f: int, k: int, b: int, seed: int = 0):
+    import torch
+
+    self.x = torch.from_numpy(_inputs_np(b, d, seed))
+    self.w = torch.from_numpy(_inputs_np(d, f, seed + 1))
+
+  def step(self) -> float:
+    return float((self.x @ self.w)[0, 0])
+
+
+TORCH_STEPS = {"torch topk (plain)": PlainTopK, "sparsify": SparsifyStep, "sae_lens": SaeLensStep,
+               "torch matmul": TorchMatmul}
+_PEER_PACKAGES = {"torch topk (plain)": "torch", "sparsify": "eai-sparsify", "sae_lens": "sae-lens",
+                  "torch matmul": "torch"}
+
+
+def _version(dist: str) -> str:
+  from importlib import metadata
+
+  try:
+    return metadata.version(dist)
+  except metadata.PackageNotFoundError:
+    return "?"
+
+
+def worker() -> None:
+  """Serves torch steps over stdin/stdout, one JSON line per request (see :class:`TorchWorker`)."""
+  out = os.fdopen(os.dup(1), "w", buffering=1)
+  os.dup2(2, 1)  # whatever the libraries print goes to stderr, not into the protocol
+  steps = {}
+  for line in sys.stdin:
+    req = json.loads(line)
+    try:
+      if req["cmd"] == "setup":
+        cls = TORCH_STEPS[req["name"]]
+        steps[req["name"]] = cls(req["d"], req["f"], req["k"], req["b"])
+        import torch
+
+        dist = _PEER_PACKAGES[req["name"]]
+        resp = {"ok": True, "version": f"{dist} {_version(dist)}", "torch": torch.__version__,
+                "threads": torch.get_num_threads()}
+      elif req["cmd"] == "step":
+        wall, cpu = time.perf_counter(), time.process_time()
+        steps[req["name"]].step()
+        resp = {"ok": True, "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+      elif req["cmd"] == "drop":
+        steps.pop(req["name"], None)
+        resp = {"ok": True}
+      else:
+        break
+    except Exception as e:  # reported to the jax process, which skips that contender
+      resp = {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    out.write(json.dumps(resp) + "\n")
+
+
+class TorchWorker:
+  """The torch side in a subprocess of ``python`` (the peers' environment)."""
+
+  def __init__(self, python: str):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+    self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+
+  def call(self, **req) -> dict:
+    self.proc.stdin.write(json.dumps(req) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      return {"ok": False, "error": "the torch worker exited (is torch installed in --peers-python?)"}
+    return json.loads(line)
+
+  def close(self):
+    try:
+      self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+      self.proc.stdin.close()
+    except OSError:
+      pass
+    self.proc.wait(timeout=60)
+
+
+# --------------------------------------------------------------------------------------- jax side
+
+
+def jax_step(arch: str, d: int, f: int, k: int, b: int, seed: int = 0):
+  """The jitted step ``softsae train`` runs, with its state: returns ``step()`` (one blocking step)."""
+  import _steps
+
+  return _steps.runner(_steps.build(arch, d, f, k, b, seed=seed))
+
+
+def jax_matmul(d: int, f: int, k: int, b: int, seed: int = 0):
+  import jax
+  import jax.numpy as jnp
+
+  x, w = jnp.asarray(_inputs_np(b, d, seed)), jnp.asarray(_inputs_np(d, f, seed + 1))
+  mm = jax.jit(lambda x, w: x @ w)
+
+  def step():
+    jax.block_until_ready(mm(x, w))
+
+  return step
+
+
+def _jax_version(name: str) -> str:
+  import jax
+
+  return f"jax {jax.__version__}" + (f", softsae_jax {_version('softsae_jax')}" if name.startswith("softsae") else "")
+
+
+def _jax_builder(name):
+  return {"softsae topk": lambda *a: jax_step("topk", *a), "softsae softsae": lambda *a: jax_step("softsae", *a),
+          "jax matmul": jax_matmul}[name]
+
+
+# ------------------------------------------------------------------------------------------ driver
+
+
+def measure(size: tuple[int, int, int], batch: int, rounds: int, worker: TorchWorker | None, names, warmup: int = 3,
+            log=print) -> dict[str, dict]:
+  """Interleaved step times of ``names`` at ``size`` = (d, F, k): {name: {"wall": [...], "cpu": [...], ...}}."""
+  d, f, k = size
+  runners, info = {}, {}
+  for name in names:
+    if name in JAX_NAMES:
+      fn = _jax_builder(name)(d, f, k, batch)
+
+      def run(fn=fn):
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+      runners[name], info[name] = run, {"version": _jax_version(name)}
+    elif worker is not None:
+      resp = worker.call(cmd="setup", name=name, d=d, f=f, k=k, b=batch)
+      if not resp["ok"]:
+        log(f"# {name}: not run ({resp['error']})")
+        continue
+
+      def run(name=name):
+        r = worker.call(cmd="step", name=name)
+        if not r["ok"]:
+          raise RuntimeError(f"{name}: {r['error']}")
+        return r["wall"], r["cpu"]
+
+      runners[name], info[name] = run, resp
+  for run in runners.values():
+    for _ in range(warmup):
+      run()
+  res = {name: {"wall": [], "cpu": [], **info[name]} for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      wall, cpu = run()
+      res[name]["wall"].append(wall)
+      res[name]["cpu"].append(cpu)
+  if worker is not None:
+    for name in runners:
+      if name in TORCH_NAMES:
+        worker.call(cmd="drop", name=name)
+  return res
+
+
+def ratio(res: dict, a: str, b: str) -> tuple[float, float]:
+  """(median of per-round time(b)/time(a), best(b)/best(a)): how many times faster ``a`` is than ``b``."""
+  wa, wb = np.asarray(res[a]["wall"]), np.asarray(res[b]["wall"])
+  return float(np.median(wb / wa)), float(wb.min() / wa.min())
+
+
+def table(res: dict, batch: int) -> list[str]:
+  lines = ["| contender | version | median step [s] | best [s] | tokens/s (median) | x plain torch TopK (median, best) "
+           "| step / matmul |",
+           "|---|---|---|---|---|---|---|"]
+  for name, r in res.items():
+    wall = np.asarray(r["wall"])
+    med = float(np.median(wall))
+    vs = ratio(res, name, REFERENCE) if REFERENCE in res else (float("nan"),) * 2
+    mm = "torch matmul" if name in TORCH_NAMES else "jax matmul"
+    per_mm = med / float(np.median(res[mm]["wall"])) if mm in res else float("nan")
+    version = r.get("version", "?")
+    lines.append(f"| {name} | {version} | {med:.4f} | {wall.min():.4f} | {batch / med:,.0f} | "
+                 f"{vs[0]:.2f}, {vs[1]:.2f} | {per_mm:.2f} |")
+  return lines
+
+
+GOALS = (  # (faster, slower, target, what) from issue 13
+    ("softsae topk", "sparsify", 1.5, "TopK >= 1.5x sparsify's training step"),
+    ("softsae topk", REFERENCE, 3.75, "TopK ~ 3.75x plain PyTorch TopK (the same goal, via sparsify ~2.5x plain)"),
+    ("softsae softsae", REFERENCE, 1.35,
+     "SoftSAE at steady state >= 5x the authors' (~1.35x plain PyTorch TopK; the authors' code is not installable)"),
+)
+
+
+def goal_lines(res: dict) -> list[str]:
+  out = []
+  for a, b, target, what in GOALS:
+    if a in res and b in res:
+      med, best = ratio(res, a, b)
+      verdict = "met" if med >= target else "missed"
+      out.append(f"#   {what}: {med:.2f} (best {best:.2f}) -> {verdict}")
+  return out
+
+
+def default_peers_python() -> str:
+  env = os.environ.get("SOFTSAE_PEERS_PYTHON")
+  if env:
+    return env
+  local = os.path.join(REPO, ".venv-peers", "bin", "python")
+  return local if os.path.exists(local) else sys.executable
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated dxFxk (default %(default)s)")
+  ap.add_argument("--batch", type=int, default=1024)
+  ap.add_argument("--rounds", type=int, default=7)
+  ap.add_argument("--peers-python", default=default_peers_python(),
+                  help="python of the environment with torch, eai-sparsify, sae-lens "
+                       "(default $SOFTSAE_PEERS_PYTHON, else .venv-peers/bin/python, else this python)")
+  ap.add_argument("--only", default="", help="comma-separated contender names (default: all)")
+  ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+  a = ap.parse_args()
+  if a.worker:
+    return worker()
+
+  from _host import header
+
+  names = [n for n in ("softsae topk", "softsae softsae", "torch topk (plain)", "sparsify", "sae_lens",
+                       "jax matmul", "torch matmul") if not a.only or n in a.only.split(",")]
+  w = TorchWorker(a.peers_python) if any(n in TORCH_NAMES for n in names) else None
+  try:
+    threads = ""
+    if w is not None:
+      probe = w.call(cmd="setup", name="torch matmul", d=8, f=8, k=1, b=8)
+      w.call(cmd="drop", name="torch matmul")
+      threads = (f"torch {probe['torch']} ({probe['threads']} threads)" if probe["ok"]
+                 else f"torch side unavailable ({probe['error']})")
+    print(header(threads, f"B={a.batch}", f"interleaved, {a.rounds} rounds after 3 warm-up steps"), flush=True)
+    for spec in a.sizes.split(","):
+      d, f, k = (int(v) for v in spec.lower().split("x"))
+      res = measure((d, f, k), a.batch, a.rounds, w, names, log=lambda m: print(m, flush=True))
+      from _host import load
+
+      print(f"\n## d={d} F={f} k={k} B={a.batch} (load after: {load()})\n")
+      print("\n".join(table(res, a.batch)))
+      goals = goal_lines(res)
+      if goals:
+        print("\n# goals (issue 13; median of per-round ratios):\n" + "\n".join(goals))
+      print(flush=True)
+  finally:
+    if w is not None:
+      w.close()
+
+
+if __name__ == "__main__":
+  main()

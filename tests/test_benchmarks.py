@@ -1,0 +1,128 @@
+"""The speed scripts of benchmarks/ run at tiny sizes on CPU, so they cannot rot.
+
+Each script's measuring function is called directly (the scripts print and write nothing); the
+numbers are only checked to be finite and positive, never for speed.
+"""
+
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+import accelerator  # noqa: E402
+import data_path  # noqa: E402
+import peers  # noqa: E402
+
+D, F, K, B = 16, 64, 4, 32  # one tiny shape for every test
+
+
+def _has(module):
+  return importlib.util.find_spec(module) is not None
+
+
+def test_accelerator_runs_the_step_and_reports_memory():
+  row = accelerator.measure("topk", D, F, K, B, "bfloat16", steps=2, warmup=1, peak=1.0)
+  assert math.isfinite(row["tokens_per_s"]) and row["tokens_per_s"] > 0
+  assert math.isfinite(row["loss"])
+  assert row["memory"]["peak"] > 0 and row["memory"]["argument"] > 0
+  assert row["model_flops_per_token"] == 3 * (2 * D * F + 2 * K * D)
+  assert row["mfu"] > 0  # against the given 1 TFLOP/s
+  lines = accelerator.table([row])
+  assert lines[2].startswith("| topk | bfloat16 |") and "n/a" not in lines[2].split("|")[3]
+
+
+def test_accelerator_compile_only_allocates_nothing_and_counts_flops():
+  row = accelerator.measure("topk", D, F, K, B, "float32", compile_only=True)
+  assert "tokens_per_s" not in row
+  assert row["memory"]["peak"] > 0
+  if row["xla_flops_per_token"] is not None:  # cost_analysis is backend-dependent
+    assert row["xla_flops_per_token"] > 0
+  assert "(compile only)" in accelerator.table([row])[2]
+
+
+def test_peak_table_and_flop_formulas():
+  assert accelerator.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert accelerator.peak_tflops("NVIDIA H100 PCIe") == 756.0
+  assert accelerator.peak_tflops("NVIDIA H200") == 989.0
+  assert accelerator.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+  assert accelerator.peak_tflops("TPU v4") == 275.0
+  assert accelerator.peak_tflops("TPU v5 lite") == 197.0
+  assert accelerator.peak_tflops("TPU v5p") == 459.0
+  assert accelerator.peak_tflops("TPU v6 lite") == 918.0
+  assert accelerator.peak_tflops("cpu") is None
+  d, f, k = 2304, 65536, 32
+  assert accelerator.model_flops_per_token("topk", d, f, k) == 6 * d * f + 6 * k * d
+  assert accelerator.model_flops_per_token("softsae", d, f, k) == 18 * d * f + 6 * f
+  assert accelerator.model_flops_per_token("batchtopk", d, f, k) == 12 * d * f
+
+
+def test_profile_self_times_subtract_nested_ops():
+  ev = [{"ts": 0.0, "dur": 10.0, "pid": 1, "tid": 1, "args": {"hlo_op": "while.1"}},
+        {"ts": 1.0, "dur": 3.0, "pid": 1, "tid": 1, "args": {"hlo_op": "body"}},
+        {"ts": 5.0, "dur": 3.0, "pid": 1, "tid": 1, "args": {"hlo_op": "body"}},
+        {"ts": 11.0, "dur": 2.0, "pid": 1, "tid": 1, "args": {"hlo_op": "dot.1"}}]
+  got = {}
+  for op, us in accelerator._self_times(ev):
+    got[op] = got.get(op, 0.0) + us
+  assert got == {"while.1": 4.0, "body": 6.0, "dot.1": 2.0}
+
+
+def test_data_path_measures_the_loader_and_the_step(tmp_path):
+  from softsae_jax.shards import open_dataset
+
+  path = str(tmp_path / "acts")
+  data_path.write_dataset(path, 700, D, chunk=300)
+  ds = open_dataset(path)
+  assert ds.dtype == "float16" and ds.n_rows == 700
+  data_path.warm_cache(ds)
+  rates = data_path.measure(ds, d=D, f=F, k=K, batch=B, rounds=1, batches=3, steps=1, archs=("topk",))
+  assert set(rates) == {"loader (prefetch 2)", "loader (no prefetch)", "step topk"}
+  assert all(math.isfinite(r) and r > 0 for r in rates.values())
+  parts = data_path.stages(ds, B, n=2)
+  assert len(parts) == 4 and all(ms >= 0 for ms in parts.values())
+
+
+def test_peers_jax_side_runs_interleaved():
+  res = peers.measure((D, F, K), B, rounds=2, worker=None, names=("softsae topk", "jax matmul"), warmup=1)
+  assert set(res) == {"softsae topk", "jax matmul"}
+  assert all(len(r["wall"]) == 2 and min(r["wall"]) > 0 for r in res.values())
+  lines = peers.table(res, B)
+  assert len(lines) == 4 and lines[2].startswith("| softsae topk |")
+
+
+@pytest.mark.skipif(not _has("torch"), reason="torch not installed")
+def test_peers_plain_torch_topk_step_runs_and_learns():
+  step = peers.PlainTopK(D, F, K, B, lr=1e-2)
+  losses = [step.step() for _ in range(5)]
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.skipif(not _has("torch"), reason="torch not installed")
+def test_peers_torch_worker_protocol():
+  w = peers.TorchWorker(sys.executable)
+  try:
+    assert w.call(cmd="setup", name="torch topk (plain)", d=D, f=F, k=K, b=B)["ok"]
+    r = w.call(cmd="step", name="torch topk (plain)")
+    assert r["ok"] and r["wall"] > 0
+    bad = w.call(cmd="step", name="nonexistent")
+    assert not bad["ok"]
+  finally:
+    w.close()
+
+
+@pytest.mark.slow
+def test_accelerator_softsae_and_step_parts():
+  import step_parts
+
+  row = accelerator.measure("softsae", D, F, K, B, "bfloat16", steps=1, warmup=1)
+  assert row["tokens_per_s"] > 0 and row["mfu"] is None  # no peak for a CPU
+  for arch in ("topk", "softsae"):
+    res = step_parts.measure(arch, D, F, K, B, rounds=1)
+    assert res["whole step"] > 0 and all(t > 0 for t in res.values())
+    assert step_parts.table(res)[-2].startswith("| **whole step** |")
