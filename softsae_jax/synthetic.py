@@ -64,10 +64,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 ``small``: mixture D=48, A=256 atoms, k in (2, 4, 8, 16) uniform, 60k train + 10k held-out rows;
 manifolds D=48, dims (1, 2, 4, 8, 16) with 4 patches each (20 manifolds), 60k + 10k rows.
 ``full``: mixture D=128, A=1024 atoms, k in (2, 4, 8, 16), 400k + 50k rows; manifolds D=128, dims
-(1, 2, 4, 8, 16) with 8 patches each (40 manifolds), 400k + 50k rows. Every other parameter (noise,
-coefficients, curvature, ...) is the generator's default. The ground-truth atom count A is a
-property of the data; the SAE's latent count F is chosen by the benchmark.
+(1, 2, 4, 8, 16) with 8 patches each (40 manifolds), 400k + 50k rows. ``small-unitnorm`` and
+``full-unitnorm``: the same with ``normalize_rows=True`` for both kinds. In ``small`` and ``full`` the
+mixture's row norms grow like sqrt(k) (held-out Spearman of the norm with the true k: 0.885 on
+``small``, seed 0), so the norm alone predicts k; in the ``-unitnorm`` presets it is ~0. Every other
+parameter (noise, coefficients, curvature, ...) is the generator's default. The ground-truth atom
+count A is a property of the data; the SAE's latent count F is chosen by the benchmark.
 """
+# The same sizes with every row scaled to unit norm (``normalize_rows=True``), so that a row's norm
+# says nothing about its k: the data for the claim that k-hat follows the true k.
+PRESETS |= {f"{name}-unitnorm": {kind: {**kw, "normalize_rows": True} for kind, kw in PRESETS[name].items()}
+            for name in ("small", "full")}
 
 
 class Mixture(NamedTuple):
@@ -364,7 +371,7 @@ def _mixture_rows(rng: np.random.Generator, n_rows: int, atoms_AD: np.ndarray, w
 def make_manifolds(n_rows: int, d: int, dims: Sequence[int] = (1, 2, 4, 8, 16), n_manifolds_per_dim: int = 4,
                    dim_probs: Sequence[float] | None = None, *, seed: int, curvature: float = 0.25,
                    radius: float = 1.0, center_norm: float = 2.0, noise: float = 0.01,
-                   split: str = "train") -> Manifolds:
+                   normalize_rows: bool = False, split: str = "train") -> Manifolds:
   """Rows near a union of curved patches of different intrinsic dimensions.
 
   The ground truth (drawn from ``seed`` alone): for each ``m`` in ``dims``,
@@ -388,6 +395,14 @@ def make_manifolds(n_rows: int, d: int, dims: Sequence[int] = (1, 2, 4, 8, 16), 
   times ``radius * u ** (1 / m)``), and sets ``x = f(t) + noise * eps / sqrt(d)``,
   ``eps ~ N(0, I_d)``. Its ``true_dim`` is ``m`` and its ``group`` the patch id.
 
+  With ``normalize_rows=True`` the noiseless point is divided by its norm before the noise is added,
+  ``x = f(t) / |f(t)| + noise * eps / sqrt(d)``, so every row has norm ~ sqrt(1 + noise^2). The
+  radial projection of a patch that stays away from the origin (with the defaults
+  ``|f(t)| >= center_norm - radius - curvature * radius^2 = 0.75``) is again a smooth patch of the
+  same intrinsic dimension ``m`` (generically: unless the radial direction lies in its tangent
+  plane), so ``true_dim`` is unchanged; ``coords_NM`` still hold the ``t`` of the unprojected point
+  and :func:`clean_signal` applies the projection.
+
   Args:
     n_rows: number of rows N (>= 1).
     d: row width D (>= 1).
@@ -399,6 +414,7 @@ def make_manifolds(n_rows: int, d: int, dims: Sequence[int] = (1, 2, 4, 8, 16), 
     radius: radius of the local-coordinate ball (> 0).
     center_norm: norm of every patch center (>= 0).
     noise: standard deviation of the additive noise times sqrt(d) (>= 0).
+    normalize_rows: project the noiseless part of each row onto the unit sphere.
     split: ``"train"`` or ``"test"``: two independent sample streams over the same patches.
 
   Returns:
@@ -426,13 +442,16 @@ def make_manifolds(n_rows: int, d: int, dims: Sequence[int] = (1, 2, 4, 8, 16), 
     raise ValueError(f"Expected radius > 0, got {radius!r}")
   center_norm = _check_float("center_norm", center_norm)
   noise = _check_float("noise", noise)
+  if not isinstance(normalize_rows, (bool, np.bool_)):
+    raise ValueError(f"Expected normalize_rows to be a bool, got {normalize_rows!r}")
   split = _check_split(split)
 
   dim_G, center_GD, tangent_GMD, normal_GPD, quad_GPMM = _manifold_truth(
       _rng(seed, "truth"), d, dims, n_per, curvature, center_norm)
   meta = {"generator": "manifolds", "version": VERSION, "seed": seed, "split": split, "n_rows": n_rows,
           "params": {"d": d, "dims": list(dims), "n_manifolds_per_dim": n_per, "dim_probs": p_dim.tolist(),
-                     "curvature": curvature, "radius": radius, "center_norm": center_norm, "noise": noise}}
+                     "curvature": curvature, "radius": radius, "center_norm": center_norm, "noise": noise,
+                     "normalize_rows": bool(normalize_rows)}}
   rng = _rng(seed, split)
   dim_idx_N = rng.choice(len(dims), size=n_rows, p=p_dim)
   group_N = (dim_idx_N * n_per + rng.integers(0, n_per, size=n_rows)).astype(np.int32)
@@ -518,8 +537,10 @@ def _manifold_truth(rng: np.random.Generator, d: int, dims: tuple[int, ...], n_p
 def clean_signal(data: Mixture | Manifolds) -> np.ndarray:
   """The noiseless rows rebuilt from the ground truth; ``data.x_ND - clean_signal(data)`` is the noise.
 
-  For a :class:`Mixture`: ``sum_i coef_NK[n, i] * atoms_AD[support_NK[n, i]]``. For
-  :class:`Manifolds`: the patch map ``f(t)`` of each row's manifold at its ``coords_NM``.
+  For a :class:`Mixture`: ``sum_i coef_NK[n, i] * atoms_AD[support_NK[n, i]]`` (with
+  ``normalize_rows`` the coefficients are already scaled). For :class:`Manifolds`: the patch map
+  ``f(t)`` of each row's manifold at its ``coords_NM``, divided by its norm when the set was made with
+  ``normalize_rows=True`` (read from ``data.meta``).
 
   Args:
     data: a :class:`Mixture` or :class:`Manifolds`.
@@ -540,6 +561,7 @@ def clean_signal(data: Mixture | Manifolds) -> np.ndarray:
                                          data.atoms_AD[np.maximum(sup_RK, 0)] * (sup_RK >= 0)[..., None])
     return out_ND
   if isinstance(data, Manifolds):
+    unit = bool(data.meta.get("params", {}).get("normalize_rows", False))
     out_ND = np.empty((len(data.group_N), data.center_GD.shape[1]), np.float32)
     for g, m in enumerate(data.dim_G.tolist()):
       rows = np.flatnonzero(data.group_N == g)
@@ -548,7 +570,8 @@ def clean_signal(data: Mixture | Manifolds) -> np.ndarray:
       p = min(m, data.center_GD.shape[1] - m)
       t_Rm = data.coords_NM[rows, :m].astype(np.float64)
       q_Rp = np.einsum("ri,pij,rj->rp", t_Rm, data.quad_GPMM[g, :p, :m, :m].astype(np.float64), t_Rm)
-      out_ND[rows] = (data.center_GD[g] + t_Rm @ data.tangent_GMD[g, :m] + q_Rp @ data.normal_GPD[g, :p])
+      pt_RD = data.center_GD[g] + t_Rm @ data.tangent_GMD[g, :m] + q_Rp @ data.normal_GPD[g, :p]
+      out_ND[rows] = pt_RD / np.linalg.norm(pt_RD, axis=1, keepdims=True) if unit else pt_RD
     return out_ND
   raise ValueError(f"Expected a Mixture or Manifolds, got {type(data).__name__}")
 
@@ -665,7 +688,7 @@ def make_preset(name: str, kind: str, *, seed: int = 0) -> tuple[Mixture, Mixtur
   """The ``(train, test)`` pair of a preset in :data:`PRESETS`.
 
   Args:
-    name: ``"small"`` or ``"full"``.
+    name: a key of :data:`PRESETS` (``"small"``, ``"full"``, ``"small-unitnorm"``, ``"full-unitnorm"``).
     kind: ``"mixture"`` or ``"manifolds"``.
     seed: the generator seed.
 
@@ -676,8 +699,8 @@ def make_preset(name: str, kind: str, *, seed: int = 0) -> tuple[Mixture, Mixtur
     ValueError: unknown ``name`` or ``kind``.
 
   Examples:
-    >>> PRESETS["small"]["mixture"]["n_atoms"]
-    256
+    >>> PRESETS["small"]["mixture"]["n_atoms"], PRESETS["small-unitnorm"]["mixture"]["normalize_rows"]
+    (256, True)
   """
   if name not in PRESETS:
     raise ValueError(f"Expected name to be one of {sorted(PRESETS)}, got {name!r}")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from softsae_jax import bench, cli
+from softsae_jax import synthetic as syn
 from softsae_jax import stats as rank_stats
 from softsae_jax.bench import metrics, output, protocols, runs
 from softsae_jax.config import Config
@@ -84,6 +85,38 @@ def test_wasserstein_int_hand_values():
   assert metrics.wasserstein_int([2] * 10, [3] * 10) < metrics.wasserstein_int([2] * 10, [8] * 10)
 
 
+def test_wasserstein_real_hand_values():
+  # A shift by c moves every unit of mass by c; a permutation moves nothing.
+  assert metrics.wasserstein_real([2, 4, 8, 16], [2.5, 4.5, 8.5, 16.5]) == pytest.approx(0.5)
+  assert metrics.wasserstein_real([2, 4, 8, 16], [1.0, 3.0, 7.0, 15.0]) == pytest.approx(1.0)
+  assert metrics.wasserstein_real([1, 2, 3], [3.0, 1.0, 2.0]) == 0.0
+  # Different sample sizes: half the mass moves by 2.
+  assert metrics.wasserstein_real([0, 0], [0, 0, 2, 2]) == pytest.approx(1.0)
+  # On integers it is wasserstein_int.
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(1, 17, 300), rng.integers(0, 12, 200)
+  assert metrics.wasserstein_real(a, b) == pytest.approx(metrics.wasserstein_int(a, b), abs=1e-12)
+  for bad in ([], [1.0, float("nan")]):
+    with pytest.raises(ValueError):
+      metrics.wasserstein_real([1, 2], bad)
+
+
+def test_kl_nearest_int_hand_values():
+  assert metrics.kl_nearest_int([2, 4, 8, 16], [2.0, 4.0, 8.0, 16.0]) == 0.0
+  assert metrics.kl_nearest_int([2, 4, 8], [2.4, 3.6, 8.49]) == 0.0  # binned at the nearest integer
+  assert metrics.kl_nearest_int([2, 4], [2.6, 2.6]) == pytest.approx(metrics.kl_int([2, 4], [3, 3]))
+  assert metrics.kl_nearest_int([2, 4], [2.6, 2.6]) > 0.0
+  with pytest.raises(ValueError):
+    metrics.kl_nearest_int([2], [float("nan")])
+
+
+def test_mean_sd():
+  assert metrics.mean_sd([0.2, 0.4, 0.6]) == {"mean": pytest.approx(0.4), "sd": pytest.approx(0.2), "n": 3}
+  assert metrics.mean_sd([1.0, None, 3.0]) == {"mean": 2.0, "sd": pytest.approx(math.sqrt(2)), "n": 2}
+  assert metrics.mean_sd([5.0]) == {"mean": 5.0, "sd": None, "n": 1}
+  assert metrics.mean_sd([None]) == {"mean": None, "sd": None, "n": 0}
+
+
 def test_dictionary_recovery_known_atoms():
   eye = np.eye(5)
   assert metrics.dictionary_recovery(eye, eye) == {"mean_max_cos": 1.0, "frac_recovered": 1.0}
@@ -106,6 +139,68 @@ def test_class_means_and_increasing():
   assert means == {"2": 2.0, "4": 5.5, "16": 10.0}
   assert metrics.increasing(means)
   assert not metrics.increasing({"2": 2.0, "4": 1.0})
+
+
+def test_norm_control():
+  x = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 4.0]])
+  c = protocols.norm_control(x, np.array([1, 2, 4, 4]))
+  assert c["spearman_norm_true"] == pytest.approx(bench.spearman([1, 2, 3, 4], [1, 2, 4, 4]))
+  assert c["norm_by_class"] == {"1": 1.0, "2": 2.0, "4": 3.5}
+  # Constant norms: the control is undefined (None in the JSON), not a number.
+  assert protocols.norm_control(np.eye(3), np.array([1, 2, 4]))["spearman_norm_true"] is None
+
+
+def test_unitnorm_bench_presets():
+  assert protocols.DEFAULT_PRESET == "small-unitnorm" and bench.DEFAULT_PRESET == protocols.DEFAULT_PRESET
+  for name in ("tiny", "small", "full"):
+    base, unit = protocols.BENCH_PRESETS[name], protocols.BENCH_PRESETS[f"{name}-unitnorm"]
+    assert {k: v for k, v in unit.items() if k != "data"} == {k: v for k, v in base.items() if k != "data"}
+    for kind in protocols.KINDS:
+      assert unit["data"][kind] == {**base["data"][kind], "normalize_rows": True}
+  assert protocols.BENCH_PRESETS["small-unitnorm"]["data"] == syn.PRESETS["small-unitnorm"]
+  args = cli.build_parser().parse_args(["bench", "synthetic"])
+  assert (args.preset, args.seed, args.seeds) == ("small-unitnorm", 0, None)
+  assert cli.build_parser().parse_args(["bench", "synthetic", "--seeds", "0,1,2"]).seeds == [0, 1, 2]
+
+
+def _seed_block(seed: int, spearman: float, fvu: float, ip_fvu: float) -> dict:
+  """A hand-built ``bench synthetic`` results block (one kind) with the keys seed_metrics reads."""
+  soft = {"fvu": fvu, "l0_mean": 6.5, "k_hat_mean": 7.0, "spearman_khat_true": spearman, "kl_khat_true": 1.0 + seed,
+          "w1_khat_true": 0.5, "kl_l0_true": 2.0, "w1_l0_true": 1.5, "khat_by_class": {"2": 3.0 + seed, "16": 12.0},
+          "l0_by_class": {"2": 2.5, "16": 11.0}, "dict_recovery": {"mean_max_cos": 0.9}, "dead_fraction": 0.0}
+  return {"target_k": 8, "matched_k": 6, "topk_matched": "topk@k6", "topk_interpolated": {"fvu": ip_fvu},
+          "data": {"spearman_norm_true": 0.01 * seed},
+          "acceptance": {"spearman_khat_true_ge_0.8": spearman >= 0.8, "fvu_le_topk_at_matched_l0": True},
+          "models": {"softsae@k8": soft, "topk@k6": {"fvu": 0.3}, "batchtopk@k6": {"fvu": 0.4, "l0_mean": 6.6},
+                     "matryoshka@k6": {"fvu": 0.5, "l0_mean": 6.3}}}
+
+
+def test_aggregate_seeds_mean_and_sd():
+  per_seed = {s: {"mixture": _seed_block(s, sp, fvu, 0.25)}
+              for s, sp, fvu in ((0, 0.7, 0.20), (1, 0.8, 0.22), (2, 0.9, 0.24))}
+  agg = protocols.aggregate_seeds(per_seed, ["mixture"])["mixture"]
+  ms = agg["mean_sd"]
+  assert agg["seeds"] == [0, 1, 2] and set(agg["per_seed"]) == {"0", "1", "2"}
+  assert ms["spearman_khat_true"] == {"mean": pytest.approx(0.8), "sd": pytest.approx(0.1), "n": 3}
+  assert ms["softsae_fvu"]["mean"] == pytest.approx(0.22) and ms["softsae_fvu"]["sd"] == pytest.approx(0.02)
+  assert ms["softsae_vs_topk_interpolated"]["mean"] == pytest.approx(0.22 / 0.25 - 1)
+  assert ms["khat_by_class.2"] == {"mean": pytest.approx(4.0), "sd": pytest.approx(1.0), "n": 3}
+  assert ms["khat_by_class.16"]["sd"] == 0.0 and ms["kl_khat_true"]["mean"] == pytest.approx(2.0)
+  assert ms["spearman_norm_true"]["mean"] == pytest.approx(0.01)
+  assert ms["batchtopk_fvu"]["mean"] == pytest.approx(0.4)
+  assert agg["acceptance"] == {"spearman_khat_true_ge_0.8": 2, "fvu_le_topk_at_matched_l0": 3}
+  # A metric missing in one seed (older results) is left out of its mean, not counted as 0.
+  del per_seed[2]["mixture"]["models"]["softsae@k8"]["kl_khat_true"]
+  ms = protocols.aggregate_seeds(per_seed, ["mixture"])["mixture"]["mean_sd"]
+  assert ms["kl_khat_true"] == {"mean": pytest.approx(1.5), "sd": pytest.approx(math.sqrt(0.5)), "n": 2}
+  # The Markdown summary shows mean ± sd and every seed.
+  summary = {"mixture": protocols.aggregate_seeds(per_seed, ["mixture"])["mixture"],
+             "meta": {"command": "softsae bench synthetic --seeds 0,1,2", "date": "today", "host": "h",
+                      "total_seconds": 1.0, "overrides": [], "preset": "tiny-unitnorm", "seeds": [0, 1, 2],
+                      "kinds": ["mixture"]}}
+  md = output.seed_summary_markdown(summary)
+  assert "| Spearman(k-hat, true) | 0.800 ± 0.100 | 0.700 | 0.800 | 0.900 |" in md
+  assert "| k-hat | 4.00 ± 1.00 | 12.00 ± 0.00 |" in md and "spearman_khat_true_ge_0.8: 2/3" in md
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,10 +251,14 @@ def test_synthetic_tiny_outputs(tiny_run):
   soft = r["models"][f"softsae@k{target}"]
   for key in SOFT_KEYS:
     assert key in soft
-  assert {"spearman_khat_true_ge_0.7", "khat_increases_with_true_class", "l0_within_25pct_of_target",
+  assert {f"spearman_khat_true_ge_{protocols.KHAT_SPEARMAN_MIN}", "spearman_khat_true_above_norm_control",
+          "khat_increases_with_true_class", "l0_within_25pct_of_target",
           "fvu_le_topk_at_matched_l0"} <= set(r["acceptance"])
+  assert {"kl_khat_true", "w1_khat_true"} <= set(soft) and soft["kl_khat_true"] >= 0 and soft["w1_khat_true"] >= 0
+  # The control: the tiny preset's norms grow with k, so the norm alone predicts it.
+  assert r["data"]["spearman_norm_true"] > 0.5 and set(r["data"]["norm_by_class"]) == {"1", "2", "4", "8"}
   md = open(os.path.join(out, "results.md")).read()
-  assert "| softsae@k4 |" in md and "KL(true‖L0)" in md
+  assert "| softsae@k4 |" in md and "KL(true‖L0)" in md and "KL(true‖k-hat)" in md and "row norm alone" in md
   # The data the models saw: the preset's train and held-out sets, with their ground truth.
   assert open_dataset(os.path.join(out, "data", "mixture", "test")).n_rows == 1024
   assert os.path.isfile(os.path.join(out, "data", "mixture", "test", "atoms.npy"))
@@ -180,6 +279,37 @@ def test_synthetic_rerun_reuses_runs_and_reproduces(tiny_run, capsys):
                    "--quiet"]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert err[-1].startswith("error: ") and "another data set" in err[-1]
+
+
+@pytest.mark.slow
+def test_synthetic_seeds_summary(tmp_path, capsys):
+  out = str(tmp_path / "seeds")
+  assert cli.main(["bench", "synthetic", "--preset", "tiny-unitnorm", "--seeds", "0,1", "--out", out,
+                   "--steps", "10", "--quiet"]) == 0
+  with open(os.path.join(out, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["meta"]["seeds"] == [0, 1] and "--seeds 0,1" in summary["meta"]["command"]
+  r = summary["mixture"]
+  for seed in (0, 1):  # each seed is a complete --seed run in its own directory
+    with open(os.path.join(out, f"seed{seed}", "results.json")) as f:
+      res = json.load(f)
+    assert res["meta"]["seed"] == seed and f"--seed {seed}" in res["meta"]["command"]
+    soft = res["mixture"]["models"]["softsae@k4"]
+    assert r["per_seed"][str(seed)]["softsae_fvu"] == soft["fvu"]
+    assert r["per_seed"][str(seed)]["spearman_khat_true"] == soft["spearman_khat_true"]
+    assert abs(res["mixture"]["data"]["spearman_norm_true"]) < 0.1  # unit norm: the control is ~0
+  fvus = [r["per_seed"][s]["softsae_fvu"] for s in ("0", "1")]
+  assert r["mean_sd"]["softsae_fvu"]["mean"] == pytest.approx(np.mean(fvus))
+  assert r["mean_sd"]["softsae_fvu"]["sd"] == pytest.approx(np.std(fvus, ddof=1))
+  assert "± " in open(os.path.join(out, "summary.md")).read()
+  assert "mixture, 2 seeds: softsae FVU" in capsys.readouterr().out
+
+
+def test_bench_seed_and_seeds_exclusive(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["bench", "synthetic", "--seed", "1", "--seeds", "0,1", "--out", str(tmp_path / "x")])
+  assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "x")
 
 
 def test_bench_user_errors(tmp_path, capsys):

@@ -11,6 +11,7 @@ import pytest
 
 from softsae_jax import synthetic as syn
 from softsae_jax.shards import DataError, open_dataset
+from softsae_jax.stats import spearman
 
 MIX = dict(d=16, n_atoms=40, k_values=(1, 2, 4, 8))
 MAN = dict(d=20, dims=(1, 2, 3, 5), n_manifolds_per_dim=2)
@@ -112,11 +113,37 @@ def test_normalize_rows_hides_k_in_norm():
   norm_N = np.linalg.norm(natural.x_ND, axis=1)
   means = [norm_N[natural.true_k_N == k].mean() for k in MIX["k_values"]]
   assert np.all(np.diff(means) > 0.3)  # grows ~ sqrt(k)
+  assert spearman(norm_N, natural.true_k_N) > 0.7  # the confound: the norm alone predicts k
   normed = syn.make_mixture(4000, **MIX, seed=0, normalize_rows=True, noise=0.01)
   np.testing.assert_allclose(np.linalg.norm(syn.clean_signal(normed), axis=1), 1.0, atol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(normed.x_ND, axis=1), 1.0, atol=0.03)
-  # Same supports as the unnormalised set: only the scale changed.
+  # The control of bench synthetic: the norm no longer says anything about k (|rho| ~ 1/sqrt(N) = 0.016).
+  assert abs(spearman(np.linalg.norm(normed.x_ND, axis=1), normed.true_k_N)) < 0.05
+  # Same supports as the unnormalised set, codes rescaled with the row: only the scale changed.
   np.testing.assert_array_equal(normed.support_NK, natural.support_NK)
+  scale_N = np.linalg.norm(syn.clean_signal(natural), axis=1)
+  np.testing.assert_allclose(normed.coef_NK * scale_N[:, None], natural.coef_NK, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(normed.x_ND - syn.clean_signal(normed), natural.x_ND - syn.clean_signal(natural),
+                             atol=1e-5)  # the same noise
+
+
+def test_normalize_rows_manifolds():
+  natural = syn.make_manifolds(3000, **MAN, seed=1, noise=0.0)
+  normed = syn.make_manifolds(3000, **MAN, seed=1, noise=0.0, normalize_rows=True)
+  assert normed.meta["params"]["normalize_rows"] and not natural.meta["params"]["normalize_rows"]
+  # Same patches, labels and local coordinates; the points are the radial projections.
+  for name in ("true_dim_N", "group_N", "coords_NM", "center_GD", "tangent_GMD"):
+    np.testing.assert_array_equal(getattr(normed, name), getattr(natural, name))
+  np.testing.assert_allclose(normed.x_ND, natural.x_ND / np.linalg.norm(natural.x_ND, axis=1, keepdims=True),
+                             atol=1e-6)
+  noisy = syn.make_manifolds(3000, **MAN, seed=1, noise=0.01, normalize_rows=True)
+  np.testing.assert_allclose(np.linalg.norm(syn.clean_signal(noisy), axis=1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(noisy.x_ND, axis=1), 1.0, atol=0.03)
+  assert abs(spearman(np.linalg.norm(noisy.x_ND, axis=1), noisy.true_dim_N)) < 0.06
+  err_N = np.linalg.norm(noisy.x_ND - syn.clean_signal(noisy), axis=1)
+  assert abs(err_N.mean() / 0.01 - 1) < 0.05  # x - clean_signal is the noise
+  meta = json.loads(json.dumps(noisy.meta))
+  _assert_same(noisy, syn.make_manifolds(meta["n_rows"], **meta["params"], seed=meta["seed"], split=meta["split"]))
 
 
 def test_coef_kinds():
@@ -338,6 +365,7 @@ def test_mixture_validation(kwargs, match):
     (dict(radius=0.0), "radius"),
     (dict(center_norm=-2.0), "center_norm"),
     (dict(noise=-1.0), "noise"),
+    (dict(normalize_rows=1), "normalize_rows"),
     (dict(split="dev"), "split"),
 ])
 def test_manifolds_validation(kwargs, match):
@@ -354,7 +382,10 @@ def test_pair_rejects_split():
 
 
 def test_presets_are_valid():
-  assert set(syn.PRESETS) == {"small", "full"}
+  assert set(syn.PRESETS) == {"small", "full", "small-unitnorm", "full-unitnorm"}
+  for name in ("small", "full"):  # the -unitnorm twins: the same sizes, every row of unit norm
+    for kind, kw in syn.PRESETS[name].items():
+      assert syn.PRESETS[f"{name}-unitnorm"][kind] == {**kw, "normalize_rows": True}
   small = syn.PRESETS["small"]
   assert small["mixture"] == dict(n_train=60_000, n_test=10_000, d=48, n_atoms=256, k_values=(2, 4, 8, 16))
   assert small["manifolds"]["d"] == 48 and small["manifolds"]["dims"] == (1, 2, 4, 8, 16)

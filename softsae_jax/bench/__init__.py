@@ -2,8 +2,8 @@
 
 Two subcommands.
 
-``softsae bench synthetic [--preset tiny|small|full] [--kind mixture|manifolds|both] [--seed N] [--out DIR]``
-trains SoftSAE at a preset's target k on synthetic data with a known per-row k, then TopK, BatchTopK
+``softsae bench synthetic [--preset small-unitnorm|small|...] [--kind mixture|manifolds|both]
+[--seed N | --seeds 0,1,2] [--out DIR]`` trains SoftSAE at a preset's target k on synthetic data with a known per-row k, then TopK, BatchTopK
 and Matryoshka at SoftSAE's mean inference L0, and compares them on a held-out set (FVU, per-row L0
 against the true k, dictionary recovery): ``OUT/results.json``, ``OUT/results.md``, ``OUT/<kind>_*.png``.
 
@@ -56,6 +56,7 @@ from softsae_jax.bench.output import ARCH_COLORS as ARCH_COLORS
 from softsae_jax.bench.output import pareto_markdown as pareto_markdown
 from softsae_jax.bench.output import synthetic_markdown as synthetic_markdown
 from softsae_jax.bench.protocols import BENCH_PRESETS as BENCH_PRESETS
+from softsae_jax.bench.protocols import DEFAULT_PRESET as DEFAULT_PRESET
 from softsae_jax.bench.protocols import KINDS as KINDS
 from softsae_jax.bench.protocols import SYNTHETIC_ARCHS as SYNTHETIC_ARCHS
 from softsae_jax.bench.protocols import cmd_pareto as cmd_pareto
@@ -66,7 +67,8 @@ from softsae_jax.bench.runs import BENCH_KEYS as BENCH_KEYS
 from softsae_jax.bench.runs import COEFF_SWEEPS as COEFF_SWEEPS
 from softsae_jax.bench.runs import EVAL_BATCH as EVAL_BATCH
 from softsae_jax.bench.runs import make_config as make_config
-from softsae_jax.cli_types import choice_list, int_list, nonneg_float_list, nonneg_int, positive_int, proper_fraction
+from softsae_jax.cli_types import (choice_list, int_list, nonneg_float_list, nonneg_int, nonneg_int_list,
+                                   positive_int, proper_fraction)
 from softsae_jax.config import ARCHS
 from softsae_jax.stats import pearson as pearson
 from softsae_jax.stats import rankdata as rankdata
@@ -83,12 +85,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
       "target k, then TopK, BatchTopK and Matryoshka at SoftSAE's mean inference L0 (and TopK at the target k "
       "and on both sides of that L0), evaluates all on the held-out set and writes results.json, results.md "
       "and PNG plots to --out. Deterministic given --seed. See docs/results.md.")
-  s.add_argument("--preset", choices=sorted(BENCH_PRESETS), default="small",
-                 help="data size, F, target k, steps (small: a few minutes on 2 CPU cores; tiny: tests)")
+  s.add_argument("--preset", choices=sorted(BENCH_PRESETS), default=DEFAULT_PRESET,
+                 help="data size, F, target k, steps (small: a few minutes on 2 CPU cores; tiny: tests); "
+                 "-unitnorm: every row of unit norm, so the norm does not give the true k away "
+                 f"(default {DEFAULT_PRESET})")
   s.add_argument("--kind", choices=("mixture", "manifolds", "both"), default="mixture",
                  help="sparse mixture (true k, true dictionary), union of manifolds (local dimension), or both")
-  s.add_argument("--seed", type=nonneg_int, default=0, help="data, init and batch-order seed")
-  s.add_argument("--out", help="output directory (default runs/bench-synthetic-<preset>-seed<seed>)")
+  seeds = s.add_mutually_exclusive_group()
+  seeds.add_argument("--seed", type=nonneg_int, default=0, help="data, init and batch-order seed (default 0)")
+  seeds.add_argument("--seeds", type=nonneg_int_list,
+                     help="comma-separated seeds: one run per seed in OUT/seed<S>, then the mean and sd over "
+                     "seeds in OUT/summary.json and OUT/summary.md")
+  s.add_argument("--out", help="output directory (default runs/bench-synthetic-<preset>-seed<seed>, or "
+                 "-seeds<S1>-<S2>... with --seeds)")
   s.add_argument("--steps", type=positive_int, help="override the preset's training steps (every model)")
   s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                  help="override a config field for every model, e.g. --set sae.soft_grad=faithful")

@@ -6,11 +6,14 @@ Each compares what a model does on the held-out rows with the ground truth of th
   per-row L0), both histograms over 0..max, each smoothed by adding :data:`KL_SMOOTHING` (0.5, the
   Krichevsky-Trofimov pseudo-count) to every bin, so an empty bin costs a finite amount;
 * :func:`wasserstein_int`: the 1-Wasserstein (earth mover's) distance between two integer
-  distributions (no smoothing; in units of "latents");
+  distributions (no smoothing; in units of "latents"); :func:`wasserstein_real` the same for
+  real-valued samples (SoftSAE's k-hat against the true k);
+* :func:`kl_nearest_int`: KL(P_true || Q) for a real-valued Q (k-hat), binned at the nearest integer;
 * :func:`dictionary_recovery`: mean over the true atoms of the largest *signed* cosine similarity
   with a decoder atom, and the fraction of true atoms with such a match above
   :data:`RECOVERY_THRESHOLD`;
-* :func:`class_means` / :func:`increasing`: a per-row quantity averaged over the rows of each true k.
+* :func:`class_means` / :func:`increasing`: a per-row quantity averaged over the rows of each true k;
+* :func:`mean_sd`: mean and sample standard deviation of a metric over seeds.
 
 Rank correlations (Spearman, Pearson, ranks) are :mod:`softsae_jax.stats`'s.
 """
@@ -86,6 +89,44 @@ def wasserstein_int(a_values: Sequence[float], b_values: Sequence[float]) -> flo
   return float(np.sum(np.abs(cdf_a - cdf_b)))
 
 
+def wasserstein_real(a_values: Sequence[float], b_values: Sequence[float]) -> float:
+  """1-Wasserstein distance between the empirical distributions of two real-valued samples:
+  the integral over t of |CDF_a(t) - CDF_b(t)| (exact; the samples may differ in size).
+
+  On integer samples it equals :func:`wasserstein_int`. Used for the real k-hat against the true k,
+  where flooring k-hat first (the inference L0) would add up to one latent of bias.
+
+  Examples:
+    >>> wasserstein_real([2, 4], [2.5, 4.5]), wasserstein_real([1.0, 2.0, 3.0], [3.0, 1.0, 2.0])
+    (0.5, 0.0)
+  """
+  a = np.sort(np.asarray(a_values, np.float64).ravel())
+  b = np.sort(np.asarray(b_values, np.float64).ravel())
+  if len(a) == 0 or len(b) == 0 or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+    raise ValueError(f"Expected two non-empty finite samples, got sizes {len(a)} and {len(b)}")
+  t = np.concatenate([a, b])
+  t.sort()
+  cdf_a = np.searchsorted(a, t[:-1], side="right") / len(a)
+  cdf_b = np.searchsorted(b, t[:-1], side="right") / len(b)
+  return float(np.sum(np.abs(cdf_a - cdf_b) * np.diff(t)))
+
+
+def kl_nearest_int(p_values: Sequence[float], q_values: Sequence[float], smoothing: float = KL_SMOOTHING) -> float:
+  """:func:`kl_int` with the real-valued ``q_values`` rounded to the nearest integer first.
+
+  For KL(true k || k-hat): k-hat is real, the true k an integer, so k-hat is binned at the integer it
+  is closest to (the inference L0 floors it instead, which shifts every value down by 0.5 on average).
+
+  Examples:
+    >>> kl_nearest_int([2, 4, 4], [2.2, 3.6, 4.4])
+    0.0
+  """
+  q = np.asarray(q_values, np.float64).ravel()
+  if len(q) == 0 or not np.all(np.isfinite(q)) or np.any(q < -0.5):
+    raise ValueError(f"Expected q_values to be non-empty finite numbers >= -0.5, got {q[:5].tolist()}...")
+  return kl_int(p_values, np.maximum(np.rint(q), 0.0), smoothing)
+
+
 def atom_cosines(a_AD, b_FD, what: str = "two [N, D] dictionaries") -> np.ndarray:
   """Cosine similarities [A, F] between the rows of two dictionaries (rows normalised; zero rows 0).
 
@@ -134,6 +175,23 @@ def increasing(means: dict[str, float]) -> bool:
   """Whether the per-class means strictly increase with the class."""
   vals = [means[k] for k in sorted(means, key=int)]
   return bool(np.all(np.diff(vals) > 0))
+
+
+def mean_sd(values: Sequence[float | None]) -> dict[str, float | int | None]:
+  """Mean and sample standard deviation (ddof = 1) of a metric over seeds, and how many went in.
+
+  None values (an undefined metric in one seed) are left out; ``sd`` is None with fewer than two
+  values, ``mean`` with none.
+
+  Examples:
+    >>> mean_sd([1.0, 2.0, 3.0])
+    {'mean': 2.0, 'sd': 1.0, 'n': 3}
+    >>> mean_sd([4.0, None])
+    {'mean': 4.0, 'sd': None, 'n': 1}
+  """
+  v = np.asarray([x for x in values if x is not None], np.float64)
+  return {"mean": float(v.mean()) if len(v) else None, "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+          "n": int(len(v))}
 
 
 def finite_or_none(x: float | None) -> float | None:

@@ -1,7 +1,8 @@
 """What the bench writes: run metadata, Markdown tables, PNG plots, and the JSON/Markdown files.
 
 ``softsae bench synthetic`` writes ``OUT/results.json``, ``OUT/results.md`` and per kind
-``OUT/<kind>_fvu_l0.png``, ``OUT/<kind>_k_by_class.png`` and ``OUT/<kind>_l0_hist.png``;
+``OUT/<kind>_fvu_l0.png``, ``OUT/<kind>_k_by_class.png`` and ``OUT/<kind>_l0_hist.png`` (with
+``--seeds``: those in ``OUT/seed<S>/`` and ``OUT/summary.json``, ``OUT/summary.md``);
 ``softsae bench pareto`` writes ``OUT/pareto.json``, ``OUT/pareto.md`` and ``OUT/pareto.png``.
 Every file is written atomically (:mod:`softsae_jax.files`); JSON has no NaN (``null`` instead).
 """
@@ -38,6 +39,18 @@ def fmt(x: Any, nd: int = 3) -> str:
   if isinstance(x, float):
     return f"{x:.{nd}f}" if math.isfinite(x) else "inf"
   return str(x)
+
+
+def pm(stat: dict[str, Any] | None, nd: int = 3) -> str:
+  """A :func:`~softsae_jax.bench.metrics.mean_sd` record as "mean ± sd" ("mean" alone from one value).
+
+  Examples:
+    >>> pm({"mean": 0.5, "sd": 0.01, "n": 3}), pm({"mean": 2.0, "sd": None, "n": 1}, 1), pm(None)
+    ('0.500 ± 0.010', '2.0', '–')
+  """
+  if not stat or stat.get("mean") is None:
+    return "–"
+  return fmt(stat["mean"], nd) + ("" if stat.get("sd") is None else f" ± {fmt(stat['sd'], nd)}")
 
 
 def sweep_point(m: dict[str, Any]) -> tuple[str, str]:
@@ -123,21 +136,28 @@ def synthetic_markdown(results: dict[str, Any]) -> str:
       if "khat_by_class" in m:
         lines.append(f"| {name} | k-hat | " + " | ".join(f"{m['khat_by_class'][c]:.2f}" for c in classes) + " |")
       lines.append(f"| {name} | L0 | " + " | ".join(f"{m['l0_by_class'][c]:.2f}" for c in classes) + " |")
+    if "norm_by_class" in r["data"]:
+      lines.append("| row norm ‖x‖ (control) | norm | " + " | ".join(
+          f"{r['data']['norm_by_class'][c]:.3f}" for c in classes) + " |")
     soft = r["models"][f"softsae@k{r['target_k']}"]
     ip = r["topk_interpolated"]
     if ip is not None:
       lines += ["", f"TopK FVU interpolated linearly in L0 between k = {ip['k_low']} and k = {ip['k_high']} at "
                 f"SoftSAE's L0 {ip['l0']:.3f}: {ip['fvu']:.4f} (SoftSAE: {soft['fvu']:.4f}, "
                 f"{100 * (soft['fvu'] / ip['fvu'] - 1):+.1f}%)."]
+    control = r["data"].get("spearman_norm_true")
     lines += ["", f"SoftSAE k-hat vs {what}: Spearman {fmt(soft['spearman_khat_true'])}, Pearson "
-              f"{fmt(soft['pearson_khat_true'])}.", "",
+              f"{fmt(soft['pearson_khat_true'])}; KL(true‖k-hat) {fmt(soft.get('kl_khat_true'))}, "
+              f"W1(true, k-hat) {fmt(soft.get('w1_khat_true'), 2)} (on the real k-hat; the table's KL and W1 "
+              f"are on the floored L0). Control: the row norm alone has Spearman {fmt(control)} with the "
+              f"{what}.", "",
               "Acceptance checks (SoftSAE, this run):", ""]
     lines += [f"- {k}: {'yes' if v else 'NO'}" for k, v in r["acceptance"].items()]
     lines += ["", "Training time per model (s; 'reused' = trained by an earlier run in this directory): "
               + ", ".join(f"{k} {'reused' if v is None else v}" for k, v in r["timing_s"].items()), ""]
   lines += ["KL(true‖L0): nats, integer histograms over 0..max with a pseudo-count of "
-            f"{KL_SMOOTHING} added to every bin of both. W1: earth mover's distance between the integer "
-            "distributions. Dictionary recovery: signed cosine; a true atom counts as recovered above "
+            f"{KL_SMOOTHING} added to every bin of both (KL(true‖k-hat): k-hat binned at the nearest integer). "
+            "W1: earth mover's distance between the distributions. Dictionary recovery: signed cosine; a true atom counts as recovered above "
             f"{RECOVERY_THRESHOLD}. Dead: latents never active on the held-out set.", ""]
   return "\n".join(lines)
 
@@ -220,6 +240,68 @@ def write_synthetic(out: str, results: dict[str, Any], t0: float) -> list[str]:
   files.write_json(paths[0], public, allow_nan=False)
   files.write_text(paths[1], synthetic_markdown(results))
   return paths + plots
+
+
+SUMMARY_ROWS = (
+    ("softsae_fvu", "SoftSAE FVU", 4),
+    ("topk_interpolated_fvu", "TopK FVU interpolated at SoftSAE's L0", 4),
+    ("softsae_vs_topk_interpolated", "SoftSAE vs TopK (relative FVU)", 3),
+    ("topk_matched_fvu", "TopK FVU at round(L0)", 4),
+    ("softsae_l0_mean", "SoftSAE mean L0", 2),
+    ("softsae_k_hat_mean", "SoftSAE mean k-hat", 2),
+    ("spearman_khat_true", "Spearman(k-hat, true)", 3),
+    ("spearman_norm_true", "Spearman(‖x‖, true): control", 3),
+    ("kl_khat_true", "KL(true‖k-hat)", 3),
+    ("w1_khat_true", "W1(true, k-hat)", 2),
+    ("kl_l0_true", "KL(true‖L0)", 3),
+    ("w1_l0_true", "W1(true, L0)", 2),
+    ("softsae_dict_recovery", "SoftSAE dict. recovery (mean max cos)", 3),
+    ("softsae_dead_fraction", "SoftSAE dead fraction", 3),
+    ("batchtopk_fvu", "BatchTopK FVU (round(L0))", 4),
+    ("batchtopk_l0_mean", "BatchTopK mean L0", 2),
+    ("matryoshka_fvu", "Matryoshka FVU (round(L0))", 4),
+    ("matryoshka_l0_mean", "Matryoshka mean L0", 2),
+)
+"""The rows of ``summary.md``: (metric of :func:`~softsae_jax.bench.protocols.seed_metrics`, label, digits)."""
+
+
+def seed_summary_markdown(summary: dict[str, Any]) -> str:
+  """``summary.md`` of a ``--seeds`` run: per kind, mean ± sd over seeds and the value of every seed,
+  the per-class means of k-hat and L0, and how many seeds pass each acceptance check."""
+  meta = summary["meta"]
+  seeds = meta["seeds"]
+  lines = _header(f"# softsae bench synthetic — preset {meta['preset']}, seeds {', '.join(map(str, seeds))}", meta,
+                  ("Per-seed outputs (results.md, plots): " + ", ".join(f"`seed{s}/`" for s in seeds) + ".",))
+  for kind in meta["kinds"]:
+    r = summary[kind]
+    ms, per = r["mean_sd"], r["per_seed"]
+    head = "| metric | mean ± sd | " + " | ".join(f"seed {s}" for s in seeds) + " |"
+    lines += [f"## {kind}", "", f"Mean ± sample sd (ddof = 1) over {len(seeds)} seeds.", "", head,
+              "|---|---|" + "---|" * len(seeds)]
+    for key, label, nd in SUMMARY_ROWS:
+      if key in ms:
+        lines.append(f"| {label} | {pm(ms[key], nd)} | " + " | ".join(fmt(per[str(s)].get(key), nd) for s in seeds)
+                     + " |")
+    classes = sorted({k.split(".", 1)[1] for k in ms if k.startswith("khat_by_class.")}, key=int)
+    if classes:
+      what = "true k" if kind == "mixture" else "local dimension"
+      lines += ["", f"SoftSAE's mean per true class ({what} = {', '.join(classes)}), mean ± sd over seeds:", "",
+                "| quantity | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+      for name, label in (("khat_by_class", "k-hat"), ("l0_by_class", "L0")):
+        lines.append(f"| {label} | " + " | ".join(pm(ms.get(f"{name}.{c}"), 2) for c in classes) + " |")
+    lines += ["", "Acceptance checks (seeds passing):", ""]
+    lines += [f"- {c}: {n}/{len(seeds)}" for c, n in r["acceptance"].items()]
+    lines.append("")
+  return "\n".join(lines)
+
+
+def write_seed_summary(out: str, summary: dict[str, Any], t0: float) -> list[str]:
+  """Writes ``summary.json`` and ``summary.md`` of a ``--seeds`` run started at ``t0``; returns their paths."""
+  summary["meta"]["total_seconds"] = round(time.time() - t0, 1)
+  paths = [os.path.join(out, "summary.json"), os.path.join(out, "summary.md")]
+  files.write_json(paths[0], summary, allow_nan=False)
+  files.write_text(paths[1], seed_summary_markdown(summary))
+  return paths
 
 
 # --------------------------------------------------------------------------------------------------

@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from softsae_jax.bench.metrics import class_means, dictionary_recovery, finite_or_none, kl_int, wasserstein_int
+from softsae_jax.bench.metrics import (class_means, dictionary_recovery, finite_or_none, kl_int, kl_nearest_int,
+                                       wasserstein_int, wasserstein_real)
 from softsae_jax.config import Config, ConfigError, apply_overrides
 from softsae_jax.shards import DataError
 from softsae_jax.stats import pearson, spearman
@@ -164,7 +165,9 @@ def measure(model, ds, true_k: np.ndarray | None = None,
     model: a loaded :class:`softsae_jax.evaluate.Model`.
     ds: the evaluation set.
     true_k: the true k (or local dimension) per row of ``ds``; with it, the per-row comparison
-      metrics (Spearman/Pearson of L0 and of SoftSAE's k-hat against it, per-class means, KL, W1).
+      metrics: Spearman/Pearson, per-class means, KL and W1 of the per-row L0 against it, and for
+      SoftSAE the same of its real k-hat (``kl_khat_true`` bins k-hat at the nearest integer,
+      ``w1_khat_true`` is exact on the real values).
     atoms_AD: the true dictionary; with it, ``dict_recovery`` against the decoder's atoms.
 
   Returns:
@@ -194,6 +197,8 @@ def measure(model, ds, true_k: np.ndarray | None = None,
         "spearman_khat_true": finite_or_none(spearman(kh, true_k)),
         "pearson_khat_true": finite_or_none(pearson(kh, true_k)),
         "khat_by_class": class_means(kh, true_k),
+        "kl_khat_true": kl_nearest_int(true_k, kh),
+        "w1_khat_true": wasserstein_real(true_k, kh),
     })
   if atoms_AD is not None:
     res["dict_recovery"] = dictionary_recovery(atoms_AD, np.asarray(model.params.w_dec))
