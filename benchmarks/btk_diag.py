@@ -40,7 +40,20 @@ def make_data(preset: str, seed: int, **kw):
   return synthetic.make_mixture_pair(**spec, seed=seed)
 
 
-def train(cfg: Config, x_ND: np.ndarray, log_every: int = 0):
+def probe(state, cfg: Config, probe_x, probe_k, atoms_AD, k: int):
+  """On a fixed held-out batch: dictionary recovery, and each true-k class's mean L0 under the arch's
+  training selection (per-row top-k for topk, batch top-k otherwise)."""
+  x = jnp.asarray(probe_x / float(state.norm_factor), jnp.float32)
+  pre = pre_acts(state.params, x, cfg.sae)
+  if cfg.sae.arch == "topk":
+    l0 = np.full(len(probe_x), float(k))
+  else:
+    l0 = np.asarray((batch_topk(pre, k) > 0).sum(1))
+  rec = dictionary_recovery(atoms_AD, np.asarray(state.params.w_dec))["mean_max_cos"]
+  return round(rec, 3), {int(c): round(float(l0[probe_k == c].mean()), 2) for c in np.unique(probe_k)}
+
+
+def train(cfg: Config, x_ND: np.ndarray, log_every: int = 0, probe_fn=None):
   """The trainer's loop in memory; returns the final state and the metric history."""
   nf = float(np.sqrt(np.mean(np.sum(x_ND.astype(np.float64) ** 2, axis=1))))
   b = cfg.train.batch_size
@@ -62,7 +75,7 @@ def train(cfg: Config, x_ND: np.ndarray, log_every: int = 0):
                                b_dec_D=geometric_median(xb.astype(np.float64) / nf), norm_factor=nf)
     state, m = step_fn(state, jnp.asarray(xb), jnp.ones((b,), bool))
     if log_every and (step % log_every == 0 or step == cfg.train.steps - 1):
-      hist.append({"step": step, "fvu": float(m.fvu), "l0": float(m.l0_mean), "dead": float(m.dead_frac),
+      hist.append({"probe": probe_fn(state) if probe_fn else None, "step": step, "fvu": float(m.fvu), "l0": float(m.l0_mean), "dead": float(m.dead_frac),
                    "aux": float(m.aux_loss), "thr": None if state.arch_state is None else float(state.arch_state)})
   return state, hist
 
@@ -82,6 +95,33 @@ def anneal_k(cfg: Config, k_start: int, k_end: int, frac: float) -> None:
                                             floor=True))
 
   train_lib.schedules = schedules
+
+
+def select_by_norm() -> None:
+  """Makes BatchTopK's and Matryoshka's training selection rank ``pre / ||x - b_dec||`` instead of ``pre``
+  (the kept values are still ``pre``): the batch budget is then shared out by how strongly a latent
+  fires relative to its row's norm, not by the row's norm. A diagnostic, not a method of the library;
+  the learned threshold is meaningless then (it tracks the smallest kept ``pre``)."""
+  from softsae_jax import losses
+  from softsae_jax.archs import Terms, _count, _dense_terms
+
+  def select(params, x_BD, cfg):
+    pre_BF = pre_acts(params, x_BD, cfg.sae)
+    norm_B1 = jnp.linalg.norm(x_BD - params.b_dec[None, :], axis=1, keepdims=True)
+    score_BF = jax.lax.stop_gradient(pre_BF / jnp.maximum(norm_B1, 1e-6))
+    return pre_BF, jnp.where(batch_topk(score_BF, cfg.sae.k) > 0, pre_BF, 0.0)
+
+  def btk_terms(params, x_BD, valid_B, sched, cfg, mesh):
+    pre_BF, acts_BF = select(params, x_BD, cfg)
+    return _dense_terms(params, x_BD, valid_B, acts_BF, pre_BF, cfg.sae)
+
+  def mat_terms(params, x_BD, valid_B, sched, cfg, mesh):
+    pre_BF, acts_BF = select(params, x_BD, cfg)
+    main, recon_BD = losses.matryoshka_loss(params, x_BD, acts_BF, cfg.sae.group_sizes(), valid_B)
+    return Terms(recon_BD, acts_BF, pre_BF, _count(acts_BF), main, jnp.zeros((), jnp.float32))
+
+  archs.ARCHS["batchtopk"] = archs.ARCHS["batchtopk"]._replace(train_terms=btk_terms)
+  archs.ARCHS["matryoshka"] = archs.ARCHS["matryoshka"]._replace(train_terms=mat_terms)
 
 
 def fvu_np(x, r):
@@ -144,9 +184,12 @@ def main():
   ap.add_argument("--k-start", type=int, help="anneal the k of topk/batchtopk/matryoshka linearly from this "
                   "value down to --k over --k-anneal-frac of the steps (the authors' baselines; D = 48 for them)")
   ap.add_argument("--k-anneal-frac", type=float, default=0.05)
+  ap.add_argument("--select-by-norm", action="store_true", help="batchtopk, matryoshka: rank pre / ||x - b_dec|| (diagnostic)")
   ap.add_argument("--json", help="write the summary here")
   a = ap.parse_args()
   dkw = {kv.split("=", 1)[0]: json.loads(kv.split("=", 1)[1]) for kv in a.data}
+  if a.select_by_norm:
+    select_by_norm()
   train_set, test_set = make_data(a.preset, a.seed, **dkw)
   p = BENCH_PRESETS[a.preset]
   true_k = test_set.true_k_N
@@ -159,13 +202,16 @@ def main():
     if a.k_start is not None:
       anneal_k(cfg, a.k_start, a.k, a.k_anneal_frac)
     t0 = time.time()
-    state, hist = train(cfg, train_set.x_ND, a.log_every)
+    k_target = a.k
+    state, hist = train(cfg, train_set.x_ND, a.log_every,
+                        lambda st, cfg=cfg: probe(st, cfg, test_set.x_ND[:p["batch_size"]], true_k[:p["batch_size"]],
+                                                  test_set.atoms_AD, k_target))
     secs = time.time() - t0
     ev = evaluate(state, cfg, test_set.x_ND, p["batch_size"], a.k)
     rec = recovery_detail(test_set.atoms_AD, np.asarray(state.params.w_dec))
     for h in hist:
       print(f"  {arch} step {h['step']}: fvu {h['fvu']:.4f} l0 {h['l0']:.2f} dead {h['dead']:.3f} "
-            f"aux {h['aux']:.4f} thr {h['thr']}")
+            f"aux {h['aux']:.4f} thr {h['thr']} recovery, L0 by true k {h['probe']}")
     line = {"arch": arch, "k": a.k, "secs": round(secs, 1), "recovery": round(rec["mean_max_cos"], 3),
             "frac>0.9": round(rec["frac_recovered"], 3), "learned>0.9": rec["learned_matching_0.9"]}
     for rule in ("threshold", "batchtopk", "rowtopk"):
@@ -177,6 +223,11 @@ def main():
     if "_thr" in ev:
       line["thr_learned"] = round(ev["_thr"], 4)
       line["thr_batch_equiv"] = round(ev["_thr_batch"], 4)
+    if arch == "matryoshka":  # atoms matching a true atom (> 0.9) in each nested group
+      best_F = atom_cosines(test_set.atoms_AD, np.asarray(state.params.w_dec)).max(axis=0)
+      bounds = np.cumsum((0,) + cfg.sae.group_sizes())
+      line["learned>0.9_by_group"] = [f"{int((best_F[lo:hi] > 0.9).sum())}/{hi - lo}"
+                                      for lo, hi in zip(bounds[:-1], bounds[1:])]
     print(json.dumps(line), flush=True)
     summary.append(line)
   if a.json:
