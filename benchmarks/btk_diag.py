@@ -9,7 +9,8 @@ with three inference rules: the learned threshold (the library's rule), batch to
     PYTHONPATH=. python benchmarks/btk_diag.py --archs topk,batchtopk --k 6 --steps 2800
     PYTHONPATH=. python benchmarks/btk_diag.py --archs batchtopk --k 6 --set sae.dead_tokens=20000
 
-``--set`` overrides config fields for every model (``section.key=value``). Deterministic given
+``--set`` overrides config fields for every model (``section.key=value``; e.g. the authors' k anneal
+of the baselines: ``--set train.k_anneal_baselines=true``). Deterministic given
 ``--seed``. This is an in-memory copy of the trainer's loop (epoch shuffles by numpy, not grain), so
 numbers differ from ``softsae bench synthetic`` in the last digits, not in kind.
 """
@@ -25,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from softsae_jax import archs, synthetic
-from softsae_jax import train as train_lib
 from softsae_jax.bench.metrics import atom_cosines, dictionary_recovery
 from softsae_jax.bench.protocols import BENCH_PRESETS
 from softsae_jax.config import Config, apply_overrides
@@ -78,23 +78,6 @@ def train(cfg: Config, x_ND: np.ndarray, log_every: int = 0, probe_fn=None):
       hist.append({"probe": probe_fn(state) if probe_fn else None, "step": step, "fvu": float(m.fvu), "l0": float(m.l0_mean), "dead": float(m.dead_frac),
                    "aux": float(m.aux_loss), "thr": None if state.arch_state is None else float(state.arch_state)})
   return state, hist
-
-
-_SCHEDULES = train_lib.schedules
-
-
-def anneal_k(cfg: Config, k_start: int, k_end: int, frac: float) -> None:
-  """Makes ``train_step`` use k(s) = floor(k_start (1 - r) + k_end r), r = min(s, K)/K (the authors'
-  baselines' k annealing; the library trains them at their k from step 0). ``cfg.sae.k`` must be the
-  static bound ``max(k_start, k_end)``."""
-  n = int(round(frac * cfg.train.steps))
-
-  def schedules(c, step, **kw):
-    sched = _SCHEDULES(c, step, **kw)
-    return sched._replace(k=train_lib._ramp(jnp.asarray(step, jnp.float32), n, float(k_start), float(k_end),
-                                            floor=True))
-
-  train_lib.schedules = schedules
 
 
 def select_by_norm() -> None:
@@ -181,9 +164,6 @@ def main():
   ap.add_argument("--set", action="append", default=[])
   ap.add_argument("--data", action="append", default=[], help="mixture generator kwarg key=value (json value)")
   ap.add_argument("--log-every", type=int, default=0)
-  ap.add_argument("--k-start", type=int, help="anneal the k of topk/batchtopk/matryoshka linearly from this "
-                  "value down to --k over --k-anneal-frac of the steps (the authors' baselines; D = 48 for them)")
-  ap.add_argument("--k-anneal-frac", type=float, default=0.05)
   ap.add_argument("--select-by-norm", action="store_true", help="batchtopk, matryoshka: rank pre / ||x - b_dec|| (diagnostic)")
   ap.add_argument("--json", help="write the summary here")
   a = ap.parse_args()
@@ -195,12 +175,9 @@ def main():
   true_k = test_set.true_k_N
   summary = []
   for arch in a.archs.split(","):
-    k_static = a.k if a.k_start is None else max(a.k, a.k_start)
-    cfg = apply_overrides(Config(), [f"sae.arch={arch}", f"sae.k={k_static}", f"sae.n_latents={p['n_latents']}",
+    cfg = apply_overrides(Config(), [f"sae.arch={arch}", f"sae.k={a.k}", f"sae.n_latents={p['n_latents']}",
                                      f"train.steps={a.steps}", f"train.batch_size={p['batch_size']}",
                                      f"train.seed={a.seed}"] + a.set).resolve(train_set.x_ND.shape[1])
-    if a.k_start is not None:
-      anneal_k(cfg, a.k_start, a.k, a.k_anneal_frac)
     t0 = time.time()
     k_target = a.k
     state, hist = train(cfg, train_set.x_ND, a.log_every,
