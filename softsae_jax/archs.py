@@ -241,13 +241,21 @@ def _topk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
   return _phase(sched, annealing, final, mesh)
 
 
-def _batch_selection(pre_BF, sched, cfg: Config, mesh):
+def _batch_selection(pre_BF, valid_B, sched, cfg: Config, mesh):
   """BatchTopK's training selection: the k*B largest of the batch (k = the annealed budget while
-  train.k_anneal_baselines anneals it)."""
-  final = lambda: parallel.batch_topk(pre_BF, cfg.sae.k, mesh, count=sched.k)  # noqa: E731
+  train.k_anneal_baselines anneals it).
+
+  Masked rows (``valid_B`` 0, zeroed inputs whose pre-activations ReLU(b_enc - b_dec W_enc) are not 0)
+  take no part: their entries are zeroed before the selection and the budget is k per *valid* row, so
+  the valid rows get exactly the selection of a batch without the masked ones (with every row valid the
+  count is k itself)."""
+  share = valid_B.sum() / valid_B.shape[0]
+  pre_BF = jnp.where(valid_B[:, None] > 0, pre_BF, 0.0)
+  final = lambda: parallel.batch_topk(pre_BF, cfg.sae.k, mesh, count=sched.k * share)  # noqa: E731
   if not _anneals(cfg):
     return final()
-  annealing = lambda: parallel.batch_topk(pre_BF, min(cfg.sae.d_in, cfg.sae.F), mesh, count=sched.k_budget)  # noqa: E731
+  annealing = lambda: parallel.batch_topk(pre_BF, min(cfg.sae.d_in, cfg.sae.F), mesh,  # noqa: E731
+                                          count=sched.k_budget * share)
   if parallel.model_shards(mesh) == 1:
     return jax.lax.cond(sched.annealing, lambda _: annealing(), lambda _: final(), None)
   return jnp.where(sched.annealing, annealing(), final())
@@ -260,13 +268,13 @@ def _topk_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
 
 
 def _batchtopk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
-  pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
-  return _dense_terms(params, x_BD, valid_B, _batch_selection(pre_BF, sched, cfg, mesh), pre_BF, cfg.sae)
+  pre_BF = pre_acts(params, x_BD, cfg.sae)
+  return _dense_terms(params, x_BD, valid_B, _batch_selection(pre_BF, valid_B, sched, cfg, mesh), pre_BF, cfg.sae)
 
 
 def _matryoshka_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
-  pre_BF = pre_acts(params, x_BD * valid_B[:, None], cfg.sae)
-  acts_BF = _batch_selection(pre_BF, sched, cfg, mesh)
+  pre_BF = pre_acts(params, x_BD, cfg.sae)
+  acts_BF = _batch_selection(pre_BF, valid_B, sched, cfg, mesh)
   main, recon_BD = losses.matryoshka_loss(params, x_BD, acts_BF, cfg.sae.group_sizes(), valid_B)
   return Terms(recon_BD, acts_BF, pre_BF, _count(acts_BF), main, jnp.zeros((), jnp.float32))
 

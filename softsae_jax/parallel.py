@@ -154,8 +154,8 @@ def _topk_acts_shard(pre_bf, count_b, *, max_k, shards):
 def batch_topk(pre_BF, k: int, mesh: Mesh | None, *, count: jax.Array | None = None):
   """Keeps the k*B largest entries of the whole batch, zeros elsewhere (BatchTopK's training rule).
 
-  ``count``: a traced k <= ``k`` (a sweep member's own k, or an annealed budget): the count*B largest
-  are kept; ``k`` stays the static bound.
+  ``count``: a traced k <= ``k`` (a sweep member's own k, an annealed budget, or k per valid row): the
+  round(count*B) largest are kept; ``k`` stays the static bound.
 
   Sharded: the global (count*B)-th value becomes a threshold each shard applies; entries tied with it
   are all kept (a measure-zero difference from the single-device ``lax.top_k`` order).
@@ -173,7 +173,7 @@ def batch_topk(pre_BF, k: int, mesh: Mesh | None, *, count: jax.Array | None = N
     vals, _ = lax.top_k(lax.stop_gradient(pre_bf).reshape(-1), cap)
     gathered = lax.all_gather(vals, ("data", "model"), tiled=True)
     top = lax.top_k(gathered, min(total, gathered.shape[0]))[0]
-    thr = top[jnp.clip((count * rows).astype(jnp.int32) - 1, 0, top.shape[0] - 1)]
+    thr = top[jnp.clip(jnp.round(count * rows).astype(jnp.int32) - 1, 0, top.shape[0] - 1)]
     return jnp.where(pre_bf >= thr, pre_bf, 0.0)
 
   return jax.shard_map(shard, mesh=mesh, in_specs=(ROWS, P()), out_specs=ROWS, check_vma=False)(pre_BF, count)

@@ -111,13 +111,14 @@ sparse_decode.defvjp(_sparse_decode_fwd, _sparse_decode_bwd)
 def batch_topk(pre_BF: jax.Array, k: int, count: jax.Array | None = None) -> jax.Array:
   """Keeps the k*B largest entries of the whole batch (ties: lax.top_k order), zeros elsewhere.
 
-  ``count``: a traced k <= ``k`` (a sweep member's own): the count*B largest are kept.
+  ``count``: a traced k <= ``k`` (a sweep member's own, or k per valid row): the round(count*B)
+  largest are kept (rounded: count*B is an integer that float32 may miss by an ulp).
   """
   b, f = pre_BF.shape
   flat = pre_BF.reshape(-1)
   vals, idx = jax.lax.top_k(flat, min(k * b, b * f))
   if count is not None:
-    vals = jnp.where(jnp.arange(vals.shape[0]) < count * b, vals, 0.0)
+    vals = jnp.where(jnp.arange(vals.shape[0]) < jnp.round(count * b), vals, 0.0)
   return jnp.zeros_like(flat).at[idx].set(vals).reshape(b, f)
 
 
