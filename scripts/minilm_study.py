@@ -31,23 +31,11 @@ import argparse
 import json
 import math
 import os
-import shlex
 import statistics
-import subprocess
 import sys
-import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def sh(*args: str) -> None:
-  cmd = ["softsae", *args]
-  print(f"$ {shlex.join(cmd)}", flush=True)
-  t = time.time()
-  r = subprocess.run([sys.executable, "-m", "softsae_jax.cli", *args])
-  if r.returncode != 0:
-    sys.exit(f"study: `{shlex.join(cmd)}` failed with exit code {r.returncode}")
-  print(f"  ({time.time() - t:.0f} s)", flush=True)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from demo import REPO, sh  # noqa: E402  (one way to run and print a softsae command)
 
 
 def data(root: str) -> tuple[str, str]:
