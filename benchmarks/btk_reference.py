@@ -6,7 +6,7 @@ schedule, the gap is not a bug of this library. Needs torch, einops and a checko
 (``--dl-path``: the directory that holds the ``dictionary_learning`` package; its ``__init__.py`` files
 import optional dependencies, so empty them in a scratch copy, see the docs/results.md section).
 
-    PYTHONPATH=.:/tmp/dl python benchmarks/btk_reference.py --archs topk,batchtopk --k 6
+    PYTHONPATH=.:$DL_DIR python benchmarks/btk_reference.py --archs topk,batchtopk --k 6   # DL_DIR: that scratch copy
 
 The data, its normalisation (one scalar, sqrt(mean ||x||^2)), lr (2e-4/sqrt(F/2^14)), warm-up (5%),
 decay (from 80%), batch (512), steps (2800), threshold start (5%) and epoch shuffling are those of

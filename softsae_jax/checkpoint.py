@@ -77,6 +77,29 @@ class Checkpointer:
     self._mgr.close()
 
 
+def open_run(workdir: str, step: int | None = None) -> tuple[Checkpointer, int, dict[str, Any]]:
+  """A workdir's checkpoints, read-only: (checkpointer, the step (default: the latest), its config dict).
+
+  The caller closes the checkpointer. Raises CheckpointError naming the path: no workdir, no
+  checkpoints/ directory, no (such) complete checkpoint.
+  """
+  if not os.path.isdir(workdir):
+    raise CheckpointError(f"workdir {workdir} does not exist")
+  ckdir = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(ckdir):
+    raise CheckpointError(f"{workdir} has no checkpoints/ directory: expected a workdir written by `softsae train`")
+  ck = Checkpointer(ckdir, read_only=True)
+  try:
+    found = ck.latest_step() if step is None else step
+    if found is None or found not in ck.all_steps():
+      raise CheckpointError(f"{ckdir} holds no complete checkpoint" + ("" if step is None else f" at step {step}"))
+    cfg_dict, _ = ck.restore_meta(found)
+  except BaseException:
+    ck.close()
+    raise
+  return ck, found, cfg_dict
+
+
 def abstract_like(state: TrainState, shardings) -> TrainState:
   """ShapeDtypeStructs of ``state`` with ``shardings`` (one sharding for every leaf, or a matching
   tree of them) as restore targets."""

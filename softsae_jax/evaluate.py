@@ -38,7 +38,7 @@ import numpy as np
 
 from softsae_jax import archs, files, sharding
 from softsae_jax import config as config_lib
-from softsae_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
+from softsae_jax.checkpoint import CheckpointError, abstract_like, open_run
 from softsae_jax.config import Config
 from softsae_jax.data import check_finite, iter_ordered
 from softsae_jax.optim import make_optimizer
@@ -160,17 +160,8 @@ def load(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | Non
   Raises:
     CheckpointError: no workdir / no checkpoint, with the path.
   """
-  if not os.path.isdir(workdir):
-    raise CheckpointError(f"workdir {workdir} does not exist")
-  ckdir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckdir):
-    raise CheckpointError(f"{workdir} has no checkpoints/ directory: expected a workdir written by `softsae train`")
-  ck = Checkpointer(ckdir, read_only=True)
+  ck, step, cfg_dict = open_run(workdir, step)
   try:
-    step = ck.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(f"{ckdir} holds no complete checkpoint")
-    cfg_dict, _ = ck.restore_meta(step)
     cfg = config_lib.from_dict(cfg_dict)
     if cfg.sweep:
       raise CheckpointError(f"{workdir} holds a sweep of {len(cfg.members())} SAEs; split it first: "

@@ -61,20 +61,13 @@ def split(workdir: str, out: str, *, step: int | None = None) -> list[str]:
 
   from softsae_jax import config as config_lib
   from softsae_jax import files, sharding
-  from softsae_jax.checkpoint import Checkpointer, CheckpointError, abstract_like
+  from softsae_jax.checkpoint import Checkpointer, abstract_like, open_run
   from softsae_jax.optim import make_optimizer
   from softsae_jax.train import abstract_state, abstract_sweep_state
   from softsae_jax.trainer import read_metrics
 
-  ckdir = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(ckdir):
-    raise CheckpointError(f"{workdir} has no checkpoints/ directory: expected a workdir written by `softsae train`")
-  ck = Checkpointer(ckdir, read_only=True)
+  ck, step, cfg_dict = open_run(workdir, step)
   try:
-    step = ck.latest_step() if step is None else step
-    if step is None or step not in ck.all_steps():
-      raise CheckpointError(f"{ckdir} holds no complete checkpoint" + ("" if step is None else f" at step {step}"))
-    cfg_dict, _ = ck.restore_meta(step)
     cfg = config_lib.from_dict(cfg_dict)
     if not cfg.sweep:
       raise SweepError(f"{workdir} is an ordinary run, not a sweep (its config has no sweep.k / sweep.seed)")
