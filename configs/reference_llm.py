@@ -27,10 +27,11 @@ T = 244_140  # int(500_000_000 / 2048)
 def get_config() -> Config:
   return Config(
       sae=SaeConfig(arch="softsae", n_latents=16_384, k=80, k_max=None, alpha=1e-4, alpha_start=1.0,
-                    soft_grad="faithful", k_loss_weight=1.0, k_loss_beta=5.0, auxk_alpha=1.0 / 32.0,
+                    soft_grad="faithful", k_control="none", k_loss_weight=1.0, k_loss_beta=5.0,
+                    auxk_alpha=1.0 / 32.0,
                     top_k_aux=None, dead_tokens=10_000_000, compute_dtype="bfloat16"),
       train=TrainConfig(steps=T, batch_size=2048, lr=3e-4, warmup_frac=1000 / T, decay_start_frac=0.8,
                         k_anneal_frac=0.01, alpha_anneal_frac=2500 / T, hard_frac=10_000 / T,
-                        hard_freeze=True, k_anneal_baselines=True, b1=0.9, b2=0.999, eps=1e-8,
-                        grad_clip=1.0, seed=0, checkpoint_every=1000, log_every=100),
+                        hard_freeze=True, k_lr_scale=1.0, k_anneal_baselines=True, b1=0.9, b2=0.999,
+                        eps=1e-8, grad_clip=1.0, seed=0, checkpoint_every=1000, log_every=100),
   )

@@ -188,6 +188,11 @@ class TrainConfig:
     steps: optimizer steps.
     batch_size: rows per step (global, across all devices and processes).
     lr: Adam learning rate; None means 2e-4 / sqrt(F / 2**14) (the dictionary_learning default).
+    k_lr_scale: SoftSAE's k-estimator learns at ``lr * k_lr_scale`` (its updates are scaled after Adam,
+      so the warmup/decay schedule and clipping are shared). 1 is the authors' single learning rate.
+      The estimator learns k from the dL/dk-hat signal alone, which is weak next to the encoder's
+      reconstruction gradient; a larger scale lets k-hat follow the data's complexity sooner
+      (docs/results.md §12).
     warmup_frac: linear warmup from 0 over this fraction of the steps.
     decay_start_frac: linear decay to 0 from this fraction of the steps to the end.
     k_anneal_frac: the k budget goes linearly from D down to sae.k over this fraction (docs/method.md §3.4).
@@ -215,6 +220,7 @@ class TrainConfig:
   steps: int = 5000
   batch_size: int = 1024
   lr: float | None = None
+  k_lr_scale: float = 1.0
   warmup_frac: float = 0.05
   decay_start_frac: float = 0.8
   k_anneal_frac: float = 0.05
@@ -246,6 +252,8 @@ class TrainConfig:
           f"train.decay_start_frac ({self.decay_start_frac}) must be >= train.warmup_frac ({self.warmup_frac})")
     if self.lr is not None and not self.lr > 0:
       raise ConfigError(f"train.lr must be > 0; got {self.lr}")
+    if not self.k_lr_scale > 0:
+      raise ConfigError(f"train.k_lr_scale must be > 0; got {self.k_lr_scale}")
 
   def lr_value(self, n_latents: int) -> float:
     return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)

@@ -1,7 +1,8 @@
 """The optimizer: optax chain and the decoder constraints (docs/method.md §3.5).
 
 ``make_optimizer(cfg)`` = project decoder gradients orthogonal to their atoms -> clip the global norm
--> Adam with the warmup/decay learning-rate schedule. After ``optax.apply_updates`` the trainer calls
+-> Adam with the warmup/decay learning-rate schedule -> the k-estimator's updates times
+``train.k_lr_scale`` (SoftSAE). After ``optax.apply_updates`` the trainer calls
 :func:`unit_norm_decoder`, the projection back onto unit-norm atoms.
 """
 
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from softsae_jax.config import Config
-from softsae_jax.types import Params
+from softsae_jax.types import KEstimator, Params
 
 _EPS32 = float(jnp.finfo(jnp.float32).eps)
 
@@ -61,15 +62,33 @@ def project_decoder_grads(eps: float = 1e-6) -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def scale_k_estimator(scale: float) -> optax.GradientTransformation:
+  """Multiplies the k-estimator's updates (``Params.extra`` when it is a :class:`KEstimator`) by
+  ``scale``; every other update passes unchanged. Stateless."""
+
+  def update_fn(updates: Params, state, params=None):
+    del params
+    if isinstance(updates, Params) and isinstance(updates.extra, KEstimator):
+      extra = jax.tree.map(lambda u: u * jnp.asarray(scale, u.dtype), updates.extra)
+      updates = updates._replace(extra=extra)
+    return updates, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
-  """project decoder grads -> clip_by_global_norm(train.grad_clip) -> Adam(b1, b2, eps) with lr schedule."""
+  """project decoder grads -> clip_by_global_norm(train.grad_clip) -> Adam(b1, b2, eps) with lr schedule
+  [-> k-estimator updates times train.k_lr_scale, when it is not 1]."""
   t = cfg.train
-  return optax.chain(
+  parts = [
       project_decoder_grads(),
       optax.clip_by_global_norm(t.grad_clip),
       optax.scale_by_adam(b1=t.b1, b2=t.b2, eps=t.eps),
       optax.scale_by_learning_rate(lr_schedule(cfg)),
-  )
+  ]
+  if t.k_lr_scale != 1.0:  # the default keeps the optimizer state's structure (and old checkpoints)
+    parts.append(scale_k_estimator(t.k_lr_scale))
+  return optax.chain(*parts)
 
 
 def unit_norm_decoder(params: Params) -> Params:

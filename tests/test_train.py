@@ -291,3 +291,27 @@ def test_integral_k_control_delivers_the_target_l0():
     l0[ctl] = float((archs.encode(state.params, held, cfg.sae).acts_BF > 0).sum(1).mean())
   assert l0["none"] < 0.9 * 8
   assert abs(l0["integral"] / 8 - 1) <= 0.05, l0
+
+
+def test_k_lr_scale_scales_only_the_k_estimator_updates():
+  """train.k_lr_scale multiplies the k-estimator's Adam updates and nothing else; the default adds no
+  optimizer state (old checkpoints keep their structure)."""
+  x, v = batch()
+  deltas = {}
+  for scale in (1.0, 4.0):
+    cfg = make_cfg(**{"train.k_lr_scale": scale, "train.warmup_frac": 0.0})
+    tx = make_optimizer(cfg)
+    state = init_train_state(jax.random.key(0), cfg, tx)
+    new, _ = train_step(state, x, v, cfg=cfg, tx=tx)
+    deltas[scale] = jax.tree.map(lambda a, b: np.asarray(b - a), state.params, new.params)
+    if scale == 1.0:
+      assert len(state.opt_state) == 4
+  d1, d4 = deltas[1.0], deltas[4.0]
+  for name in ("w_k1", "b_k1", "w_k2", "b_k2"):
+    a, b = getattr(d1.extra, name), getattr(d4.extra, name)
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(b, 4.0 * a, rtol=1e-4, atol=1e-9)
+  for name in ("w_enc", "b_enc", "b_dec"):
+    np.testing.assert_allclose(getattr(d4, name), getattr(d1, name), rtol=1e-5, atol=1e-9)
+  with pytest.raises(config_lib.ConfigError, match="k_lr_scale"):
+    make_cfg(**{"train.k_lr_scale": 0.0})
