@@ -281,3 +281,30 @@ def test_trained_softsae_end_to_end(tmp_path, capsys):
     assert r["oracle"]["fvu"] <= min(r["fixed"]["fvu"], r["threshold"]["fvu"]) + 1e-9
   assert kh["oracle"]["fvu"] <= kh["khat"]["fvu"]
   print(table)
+
+
+def test_synthetic_truth_is_compared_when_the_data_has_it(orthonormal, tmp_path, capsys):
+  """A dataset with a ``true_k`` side file (as `softsae bench synthetic` writes) gets each allocation's
+  Spearman with the true k and its mean per true k; here the oracle and the threshold recover it exactly."""
+  import shutil
+
+  wd, acts, c_NF = orthonormal
+  data = tmp_path / "acts_truth"
+  shutil.copytree(acts, data)
+  man = json.loads((data / "manifest.json").read_text())
+  true_k_N, lo = (c_NF > 0).sum(1).astype(np.int32), 0
+  for i, entry in enumerate(man["shards"]):
+    np.save(data / f"true_k_{i:05d}.npy", true_k_N[lo:lo + entry["rows"]])
+    entry["true_k"], lo = f"true_k_{i:05d}.npy", lo + entry["rows"]
+  (data / "manifest.json").write_text(json.dumps(man))
+  out = tmp_path / "h.json"
+  assert run_cli("bench", "headroom", "--workdir", wd, "--data", data, "--ks", "2", "--out", out) == 0
+  assert "Spearman with the true k at mean L0 2.00: oracle 1" in capsys.readouterr().out
+  (row,) = json.loads(out.read_text())["rows"]
+  assert row["oracle"]["spearman_true_k"] == pytest.approx(1.0)
+  assert row["oracle"]["mean_by_true_k"] == {"1": 1.0, "3": 3.0}
+  assert row["threshold"]["spearman_true_k"] == pytest.approx(1.0)
+  # and without the side file, nothing of the kind
+  assert run_cli("bench", "headroom", "--workdir", wd, "--data", acts, "--ks", "2", "--out", out) == 0
+  assert "true k" not in capsys.readouterr().out
+  assert "spearman_true_k" not in json.loads(out.read_text())["rows"][0]["oracle"]

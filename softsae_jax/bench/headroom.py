@@ -121,6 +121,7 @@ class Curves(NamedTuple):
   total_var: float  # sum_t ||x_t - mean x||^2, normalised units
   model: dict[str, Any]  # the run's own inference rule on these rows: fvu, l0_mean (as softsae eval)
   n_skipped: int  # non-finite rows left out (with skip_nonfinite)
+  true_k_N: np.ndarray | None = None  # synthetic data's ground truth (its ``true_k`` side file); else None
 
 
 def collect(model, ds, *, k_max: int, batch_size: int = 1024, max_rows: int | None = None,
@@ -307,10 +308,21 @@ def _ratio(a: float | None, b: float | None) -> float | None:
   return None if a is None or b is None or b <= 0 else a / b
 
 
+def _truth(curves: Curves, v_N: np.ndarray) -> dict[str, Any]:
+  """With ground truth (synthetic data): ``v_N``'s Spearman with the true k and its mean per true k."""
+  if curves.true_k_N is None:
+    return {}
+  from softsae_jax.stats import spearman
+
+  t_N = curves.true_k_N
+  return {"spearman_true_k": _finite(spearman(v_N, t_N)),
+          "mean_by_true_k": {str(int(c)): float(v_N[t_N == c].mean()) for c in np.unique(t_N)}}
+
+
 def _stats(curves: Curves, j_N: np.ndarray, err: float, **more: Any) -> dict[str, Any]:
   """FVU and the shape of one allocation: its mean L0 (the atoms it spends), the mean count of
-  those that are nonzero, spread, histogram over 0..K_max, share of rows at K_max, and its rank
-  correlation with ||x - b_dec|| (the norm confound)."""
+  those that are nonzero, spread, histogram over 0..K_max, share of rows at K_max, its rank
+  correlation with ||x - b_dec|| (the norm confound) and, on synthetic data, with the true k."""
   from softsae_jax.stats import spearman
 
   k_max = curves.e_NJ.shape[1] - 1
@@ -318,7 +330,7 @@ def _stats(curves: Curves, j_N: np.ndarray, err: float, **more: Any) -> dict[str
   return {"fvu": err / curves.total_var, "l0_mean": float(j_N.mean()),
           "active_l0_mean": float(np.minimum(j_N, n_pos_N).mean()), "j_std": float(j_N.std()),
           "j_hist": np.bincount(j_N, minlength=k_max + 1).tolist(), "at_k_max_frac": float(np.mean(j_N == k_max)),
-          "spearman_j_norm": _finite(spearman(j_N, curves.e_NJ[:, 0])), **more}
+          "spearman_j_norm": _finite(spearman(j_N, curves.e_NJ[:, 0])), **_truth(curves, j_N), **more}
 
 
 def compare_at(curves: Curves, fvu_J: np.ndarray, budget: int, *, source: str,
@@ -348,7 +360,8 @@ def compare_at(curves: Curves, fvu_J: np.ndarray, budget: int, *, source: str,
                    "threshold_over_fixed": _ratio(threshold["fvu"], f)}
   if j_khat_N is not None:
     row["khat"] = _stats(curves, j_khat_N, _error(curves.e_NJ, j_khat_N), k_hat_mean=float(curves.khat_N.mean()),
-                         spearman_khat_oracle_j=_finite(spearman(curves.khat_N, orc.j_N)))
+                         spearman_khat_oracle_j=_finite(spearman(curves.khat_N, orc.j_N)),
+                         **{f"k_hat_{key}": v for key, v in _truth(curves, curves.khat_N).items()})
     row["ratios"]["khat_over_fixed"] = _ratio(row["khat"]["fvu"], f)
     row["ratios"]["khat_share_of_headroom"] = (None if f - oracle["fvu"] <= 0 else
                                                (f - row["khat"]["fvu"]) / (f - oracle["fvu"]))
@@ -420,6 +433,14 @@ def headroom_table(res: dict[str, Any]) -> str:
       lines.append(f"k-hat (mean {r['khat']['k_hat_mean']:.2f}, L0 {r['l0_mean']:.2f}) captures "
                    f"{'–' if share is None else f'{100 * share:.0f}%'} of the oracle's headroom over fixed k; "
                    f"Spearman(k-hat, oracle j) = {fmt(r['khat']['spearman_khat_oracle_j'])}.")
+  if any("spearman_true_k" in r["oracle"] for r in res["rows"]):
+    for r in res["rows"]:
+      parts = [f"{name} {fmt(r[name]['spearman_true_k'])}" for name in ("oracle", "khat", "threshold") if name in r]
+      if "khat" in r:
+        parts.append(f"k-hat itself {fmt(r['khat']['k_hat_spearman_true_k'])}")
+      lines.append(f"Spearman with the true k at mean L0 {r['l0_mean']:.2f}: " + ", ".join(parts).replace("khat", "k-hat")
+                   + "; oracle j by true k: " + " / ".join(f"{v:.2f}" for v in r["oracle"]["mean_by_true_k"].values())
+                   + f" (k = {' / '.join(r['oracle']['mean_by_true_k'])}).")
   lines.append("Oracle: water-filling on each row's convex hull of e_t(j) (achieved FVU; the bound is the "
                "Lagrangian dual, below any allocation). Threshold: one global threshold on these same rows.")
   curve = res["fvu_by_j"]
@@ -476,6 +497,16 @@ def resolve_k_max(cfg, k_max: int | None) -> int:
   return k_max
 
 
+def _with_truth(curves: Curves, ds, path: str) -> Curves:
+  """Attaches synthetic data's ``true_k`` side file (its first rows, the ones scanned) when every shard
+  has one and no row was skipped; otherwise the curves as they are."""
+  from softsae_jax import synthetic
+
+  if curves.n_skipped or not all(ds.side("true_k", i) is not None for i in range(len(ds.shards))):
+    return curves
+  return curves._replace(true_k_N=np.asarray(synthetic.load_side(path, "true_k"), np.int64)[:curves.e_NJ.shape[0]])
+
+
 def cmd_headroom(args) -> int:
   """``softsae bench headroom``: collect the curves, compare the allocations, print and write."""
   from softsae_jax import files
@@ -493,6 +524,7 @@ def cmd_headroom(args) -> int:
     raise ConfigError(f"--ks {too_big[0]:g} exceeds --k-max {k_max}: every target needs 0 < m <= K_max")
   skip = args.skip_nonfinite if args.skip_nonfinite is not None else model.cfg.data.skip_nonfinite
   curves = collect(model, ds, k_max=k_max, batch_size=args.batch_size, max_rows=args.max_rows, skip_nonfinite=skip)
+  curves = _with_truth(curves, ds, args.data)
   res = headroom(curves, targets)
   sae = model.cfg.sae
   out = args.out or os.path.join(args.workdir, "headroom.json")
