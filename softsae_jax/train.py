@@ -158,7 +158,7 @@ def _update(step, params, opt_state, since_fired_F, arch_state, grads, loss, ter
   n_valid = valid_f.sum()
   fired_F = jnp.any((acts_BF != 0) & valid_B[:, None], axis=0)
   since_fired_F = jnp.where(fired_F, 0, since_fired_F + n_valid.astype(jnp.int32))
-  arch_state = arch.update_state(arch_state, step, terms, valid_B, cfg)
+  arch_state = arch.update_state(arch_state, step, terms, valid_B, cfg, sched=sched)
 
   l0_B = (acts_BF != 0).sum(axis=1).astype(jnp.float32)
   big = jnp.float32(3e38)
