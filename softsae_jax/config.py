@@ -83,9 +83,9 @@ class SaeConfig:
     sparse_grads: how the TopK step (topk, and the decode of SoftSAE's hard phase) forms its weight
       gradients, which are k-sparse per row: "on" = from the k selected latents per row (scatter-adds,
       B*k*D work: ``sae.topk_encode``'s encoder backward and ``sae.sparse_decode``'s dW_dec), "off" =
-      dense [B, F] gradients and B*F*D matmuls, "auto" (default) = "on" on the CPU backend, where it
-      measured ~2x faster per TopK step at d = 768, F = 16384, k = 64 (docs/benchmarks.md), and "off"
-      elsewhere (GPU/TPU matmuls are cheap and their scatters slow: unmeasured). Same gradients up to
+      dense [B, F] gradients and B*F*D matmuls, "auto" (default) = "on" on the CPU backend, where the
+      TopK step measured 1.7x faster (d = 384 and 768, k = 32 and 64, B = 1024; docs/benchmarks.md),
+      and "off" elsewhere (GPU/TPU matmuls are cheap and their scatters slow: not measured). Same gradients up to
       float32 rounding. The sparse encoder backward runs on one device only; a sweep or a mesh of
       several devices keeps it dense (the decoder's stays sparse).
   """
