@@ -17,6 +17,9 @@ float32, Adam, on one device:
   (:func:`softsae_jax.train.make_train_step` on a 1x1 mesh, state donated, library defaults);
   SoftSAE at steady state: the soft phase with alpha and the k budget at their final values
   (``train.alpha_anneal_frac=0``, ``train.k_anneal_frac=0``), as after the first 1-5% of a run.
+* ``softsae topk (dense grads)``: the same TopK step with ``sae.sparse_grads=off`` (dense [B, F]
+  gradients and matmuls for dW_enc and dW_dec; the default before the sparse ones), for a before/after
+  in the same rounds.
 * ``torch topk (plain)``: a plain PyTorch TopK SAE step: ReLU encoder, ``torch.topk``, the codes
   scattered into a dense [B, F] tensor and decoded by one dense matmul, MSE, ``loss.backward()``,
   ``torch.optim.Adam``, decoder rows renormalised (:class:`PlainTopK`).
@@ -55,7 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_SIZES = "384x4096x32,768x16384x64"
 TORCH_NAMES = ("torch topk (plain)", "sparsify", "sae_lens", "torch matmul")
-JAX_NAMES = ("softsae topk", "softsae softsae", "jax matmul")
+JAX_NAMES = ("softsae topk", "softsae topk (dense grads)", "softsae softsae", "jax matmul")
 REFERENCE = "torch topk (plain)"
 
 
@@ -244,11 +247,11 @@ class TorchWorker:
 # --------------------------------------------------------------------------------------- jax side
 
 
-def jax_step(arch: str, d: int, f: int, k: int, b: int, seed: int = 0):
+def jax_step(arch: str, d: int, f: int, k: int, b: int, seed: int = 0, overrides=()):
   """The jitted step ``softsae train`` runs, with its state: returns ``step()`` (one blocking step)."""
   import _steps
 
-  return _steps.runner(_steps.build(arch, d, f, k, b, seed=seed))
+  return _steps.runner(_steps.build(arch, d, f, k, b, seed=seed, overrides=overrides))
 
 
 def jax_matmul(d: int, f: int, k: int, b: int, seed: int = 0):
@@ -272,6 +275,7 @@ def _jax_version(name: str) -> str:
 
 def _jax_builder(name):
   return {"softsae topk": lambda *a: jax_step("topk", *a), "softsae softsae": lambda *a: jax_step("softsae", *a),
+          "softsae topk (dense grads)": lambda *a: jax_step("topk", *a, overrides=("sae.sparse_grads=off",)),
           "jax matmul": jax_matmul}[name]
 
 
@@ -386,8 +390,8 @@ def main():
 
   from _host import header
 
-  names = [n for n in ("softsae topk", "softsae softsae", "torch topk (plain)", "sparsify", "sae_lens",
-                       "jax matmul", "torch matmul") if not a.only or n in a.only.split(",")]
+  names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae softsae", "torch topk (plain)",
+                       "sparsify", "sae_lens", "jax matmul", "torch matmul") if not a.only or n in a.only.split(",")]
   w = TorchWorker(a.peers_python) if any(n in TORCH_NAMES for n in names) else None
   try:
     threads = ""

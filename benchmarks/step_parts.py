@@ -1,6 +1,7 @@
 """Where the train step's time goes: its pieces timed one by one, against the whole step.
 
 Run:  python benchmarks/step_parts.py [--d 768] [--f 16384] [--k 64] [--batch 1024] [--rounds 5]
+      [--sparse-grads auto|on|off]
       (about 2 minutes on a 2-core CPU; ``--archs topk`` for one arch)
 
 Why pieces and not a trace: on XLA:CPU the profiler's per-op events do not hold a dot's time (dots
@@ -12,7 +13,8 @@ pieces saves time).
 
 TopK pieces: the encoder forward (x W_enc, ReLU), ``lax.top_k``, the sparse decoder's forward (gathers
 of k rows per token) and backward (d values by gathers; dW_dec as a dense matmul of the scattered
-codes), the scatter of the codes into [B, F], the encoder's weight gradient dW_enc = x^T dpre (dense),
+codes, or by per-slot scatter-adds with ``sae.sparse_grads`` on), the scatter of the codes into [B, F],
+the encoder's weight gradient (dense dW_enc = x^T dpre, or ``sae.topk_encode``'s sparse backward),
 the optimizer (Adam, decoder-gradient projection, unit-norm decoder), and the bookkeeping after the
 update (dead-latent counter, L0 and metrics). SoftSAE's soft phase: the encoder forward, the
 k-estimator's forward and backward, the soft top-k's forward and backward, the dense decoder's forward
@@ -40,17 +42,19 @@ import _steps  # noqa: E402
 from _host import header, load  # noqa: E402
 
 
-def pieces(arch: str, d: int, f: int, k: int, b: int) -> dict:
+def pieces(arch: str, d: int, f: int, k: int, b: int, sparse_grads: str = "auto") -> dict:
   """{name: (jitted fn, args)} of the step's pieces, plus "whole step" (a closure, no args)."""
   import optax
 
   from softsae_jax import archs, losses
+  from softsae_jax import sae as sae_lib
   from softsae_jax.optim import unit_norm_decoder
   from softsae_jax.sae import decode, pre_acts, scatter_codes, sparse_decode, topk_sparse
   from softsae_jax.topk import soft_topk
 
-  step = _steps.build(arch, d, f, k, b)
+  step = _steps.build(arch, d, f, k, b, overrides=(f"sae.sparse_grads={sparse_grads}",))
   cfg, sae = step.cfg, step.cfg.sae
+  sparse = sae_lib.sparse_grads_on(sae)
   # Copies: the whole step donates (deletes) the state it is given.
   params, opt_state, since_F = jax.tree.map(lambda a: a.copy(), (step.state.params, step.state.opt_state,
                                                                   step.state.since_fired_F))
@@ -77,14 +81,25 @@ def pieces(arch: str, d: int, f: int, k: int, b: int) -> dict:
     vals_BK, idx_BK = jax.jit(lambda p: topk_sparse(p, k_B, k))(pre_BF)
     acts_BF = jax.jit(lambda v, i: scatter_codes(v, i, f))(vals_BK, idx_BK)
     dpre_BF = acts_BF * 1e-3
+    dw = "dW_dec by scatter-adds" if sparse else "dW_dec dense"
     out.update({
         f"lax.top_k (k={k})": (jax.jit(lambda p: topk_sparse(p, k_B, k)), (pre_BF,)),
         "sparse decode forward (gathers)": (jax.jit(sparse_decode), (params.w_dec, idx_BK, vals_BK)),
-        "sparse decode backward (d vals, dW_dec)": (
-            jax.jit(lambda w, i, v, g: jax.vjp(lambda w, v: sparse_decode(w, i, v), w, v)[1](g)),
+        f"sparse decode backward (d vals, {dw})": (
+            jax.jit(lambda w, i, v, g: jax.vjp(lambda w, v: sparse_decode(w, i, v, sparse_grad=sparse), w, v)[1](g)),
             (params.w_dec, idx_BK, vals_BK, g_BD)),
         "scatter codes into [B, F]": (jax.jit(lambda v, i: scatter_codes(v, i, f)), (vals_BK, idx_BK)),
     })
+    if sparse:  # the encoder's backward from the k selected entries (sae.topk_encode), AuxK's cotangent 0
+      d_vals_BK = vals_BK * 1e-3
+
+      def enc_bwd(x, w_enc, b_dec, pre, top, idx, d_pre, d_top):
+        res = (x, w_enc, b_dec, pre, top, idx)
+        return sae_lib._topk_encode_bwd(k, sae.compute_dtype, res, (d_pre, d_top, None))[1:]
+
+      out["encoder backward: sparse (dW_enc, d b_enc, d b_dec by scatter-adds)"] = (
+          jax.jit(enc_bwd), (x_BD, params.w_enc, params.b_dec, pre_BF, vals_BK, idx_BK, jnp.zeros_like(pre_BF),
+                             d_vals_BK))
   else:
     k_B = jax.jit(lambda p, x: archs.estimate_k(p, x, sae))(params, x_BD)
     v_BF = jnp.asarray(rng.normal(size=(b, f)).astype(np.float32))
@@ -101,8 +116,9 @@ def pieces(arch: str, d: int, f: int, k: int, b: int) -> dict:
         "dense decode forward + backward (3 matmuls)": (dec_grad, (params.w_dec, acts_BF, g_BD)),
     })
   recon_BD = x_BD + 0.1 * g_BD
+  if not (arch == "topk" and sparse):
+    out["encoder backward: dW_enc = x^T dpre (dense)"] = (jax.jit(lambda x, g: x.T @ g), (x_BD, dpre_BF))
   out.update({
-      "encoder backward: dW_enc = x^T dpre (dense)": (jax.jit(lambda x, g: x.T @ g), (x_BD, dpre_BF)),
       "optimizer (Adam, projection, unit-norm decoder)": (jax.jit(optimizer), (grads, opt_state, params)),
       "bookkeeping (dead counter, L0, FVU, loss)": (jax.jit(bookkeeping),
                                                      (acts_BF, since_F, x_BD, recon_BD)),
@@ -113,9 +129,9 @@ def pieces(arch: str, d: int, f: int, k: int, b: int) -> dict:
   return out
 
 
-def measure(arch: str, d: int, f: int, k: int, b: int, rounds: int) -> dict[str, float]:
+def measure(arch: str, d: int, f: int, k: int, b: int, rounds: int, sparse_grads: str = "auto") -> dict[str, float]:
   """Median seconds of each piece and of the whole step over interleaved rounds (after one warm-up)."""
-  ps = pieces(arch, d, f, k, b)
+  ps = pieces(arch, d, f, k, b, sparse_grads)
   for fn, args in ps.values():
     jax.block_until_ready(fn(*args))
   ts: dict[str, list[float]] = {name: [] for name in ps}
@@ -150,10 +166,12 @@ def main():
   ap.add_argument("--batch", type=int, default=1024)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--archs", default="topk,softsae")
+  ap.add_argument("--sparse-grads", default="auto", choices=("auto", "on", "off"), help="sae.sparse_grads")
   a = ap.parse_args()
-  print(header(f"d={a.d} F={a.f} k={a.k} B={a.batch} float32", f"{a.rounds} interleaved rounds"), flush=True)
+  print(header(f"d={a.d} F={a.f} k={a.k} B={a.batch} float32", f"sae.sparse_grads={a.sparse_grads}",
+               f"{a.rounds} interleaved rounds"), flush=True)
   for arch in a.archs.split(","):
-    res = measure(arch, a.d, a.f, a.k, a.batch, a.rounds)
+    res = measure(arch, a.d, a.f, a.k, a.batch, a.rounds, a.sparse_grads)
     print(f"\n## {arch} (load after: {load()})\n")
     print("\n".join(table(res)), flush=True)
 

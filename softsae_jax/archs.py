@@ -47,6 +47,7 @@ import jax.numpy as jnp
 
 from softsae_jax import config as config_lib
 from softsae_jax import losses, parallel
+from softsae_jax import sae as sae_lib
 from softsae_jax.config import Config, SaeConfig
 from softsae_jax.sae import affine, decode, init_core, pre_acts
 from softsae_jax.types import Codes, JumpThreshold, KEstimator, Params
@@ -112,12 +113,29 @@ def _dense_terms(params, x_BD, valid_B, acts_BF, pre_BF, cfg, sparsity=_ZERO, k_
                losses.recon_loss(x_BD, recon_BD, valid_B), jnp.asarray(sparsity, jnp.float32))
 
 
-def _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, max_k, mesh, *, stop=False) -> Terms:
+def _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, max_k, mesh, *, stop=False, sparse_grad=False) -> Terms:
   """The floor(k_B) largest activations per row, decoded sparsely (B*K*D work)."""
-  dec_BD, acts_BF = parallel.topk_decode(pre_BF, k_B, max_k, params.w_dec, mesh, stop=stop)
+  dec_BD, acts_BF = parallel.topk_decode(pre_BF, k_B, max_k, params.w_dec, mesh, stop=stop, sparse_grad=sparse_grad)
+  return _kept_terms(params, x_BD, valid_B, dec_BD, acts_BF, pre_BF, k_B)
+
+
+def _kept_terms(params, x_BD, valid_B, dec_BD, acts_BF, pre_BF, k_B) -> Terms:
   recon_BD = dec_BD + params.b_dec[None, :]
   return Terms(recon_BD, acts_BF, pre_BF, k_B, losses.recon_loss(x_BD, recon_BD, valid_B),
                jnp.zeros((), jnp.float32))
+
+
+def _topk_final(params, x_BD, valid_B, k_B, max_k, sae: SaeConfig, mesh) -> Terms:
+  """TopK's selection and decode. With ``sae.sparse_grads`` on, every weight gradient is formed from
+  the selected entries: on one device (``mesh`` None) the encoder's too (:func:`softsae_jax.sae.topk_encode`);
+  in a sweep or on a mesh of several devices only the decoder's."""
+  sparse = sae_lib.sparse_grads_on(sae)
+  if sparse and mesh is None:
+    pre_BF, vals_BK, idx_BK = sae_lib.topk_encode(params, x_BD, k_B, max_k, sae)
+    dec_BD, acts_BF = parallel.decode_kept(vals_BK, idx_BK, params.w_dec, pre_BF.shape[1], sparse_grad=True)
+    return _kept_terms(params, x_BD, valid_B, dec_BD, acts_BF, pre_BF, k_B)
+  pre_BF = pre_acts(params, x_BD, sae)
+  return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, max_k, mesh, sparse_grad=sparse)
 
 
 # ------------------------------------------------------------------------------------------ softsae
@@ -188,7 +206,8 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
   def hard_phase(_):
     pre_BF = pre_acts(params, x_BD, sae)
     k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae, sched.kmax))
-    return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, mesh, stop=cfg.train.hard_freeze)
+    return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, mesh, stop=cfg.train.hard_freeze,
+                              sparse_grad=sae_lib.sparse_grads_on(sae))
 
   if parallel.model_shards(mesh) == 1:
     return jax.lax.cond(sched.hard, hard_phase, soft, None)
@@ -229,13 +248,13 @@ def _phase(sched: Schedule, annealing, final, mesh) -> Terms:
 
 
 def _topk_terms(params, x_BD, valid_B, sched, cfg: Config, mesh) -> Terms:
-  pre_BF = pre_acts(params, x_BD, cfg.sae)
   k_B = jnp.full(x_BD.shape[:1], sched.k, jnp.float32)
-  final = lambda: _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, cfg.sae.k, mesh)  # noqa: E731
+  final = lambda: _topk_final(params, x_BD, valid_B, k_B, cfg.sae.k, cfg.sae, mesh)  # noqa: E731
   if not _anneals(cfg):
     return final()
 
   def annealing():  # the top-budget codes (budget up to D), decoded densely: only the first steps
+    pre_BF = pre_acts(params, x_BD, cfg.sae)
     budget_B = jnp.full(x_BD.shape[:1], sched.k_budget, jnp.float32)
     acts_BF = parallel.topk_acts(pre_BF, budget_B, min(cfg.sae.d_in, cfg.sae.F), mesh)
     return _dense_terms(params, x_BD, valid_B, acts_BF, pre_BF, cfg.sae, k_B=budget_B)

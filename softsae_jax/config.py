@@ -83,6 +83,14 @@ class SaeConfig:
     threshold_beta: EMA factor of the BatchTopK/Matryoshka inference threshold.
     threshold_start_frac: the EMA starts after this fraction of the steps (the authors': step 1000).
     compute_dtype: matmul dtype, "float32" or "bfloat16" (params stay float32).
+    sparse_grads: how the TopK step (topk, and the decode of SoftSAE's hard phase) forms its weight
+      gradients, which are k-sparse per row: "on" = from the k selected latents per row (scatter-adds,
+      B*k*D work: ``sae.topk_encode``'s encoder backward and ``sae.sparse_decode``'s dW_dec), "off" =
+      dense [B, F] gradients and B*F*D matmuls, "auto" (default) = "on" on the CPU backend, where the
+      TopK step measured 1.7x faster (d = 384 and 768, k = 32 and 64, B = 1024; docs/benchmarks.md),
+      and "off" elsewhere (GPU/TPU matmuls are cheap and their scatters slow: not measured). Same gradients up to
+      float32 rounding. The sparse encoder backward runs on one device only; a sweep or a mesh of
+      several devices keeps it dense (the decoder's stays sparse).
   """
 
   arch: str = "softsae"
@@ -110,6 +118,7 @@ class SaeConfig:
   threshold_beta: float = 0.999
   threshold_start_frac: float = 0.05
   compute_dtype: str = "float32"
+  sparse_grads: str = "auto"
 
   def __post_init__(self):
     if self.arch not in ARCHS:
@@ -120,6 +129,8 @@ class SaeConfig:
       raise ConfigError(f"sae.soft_grad must be 'faithful' or 'stop'; got {self.soft_grad!r}")
     if self.compute_dtype not in ("float32", "bfloat16"):
       raise ConfigError(f"sae.compute_dtype must be float32 or bfloat16; got {self.compute_dtype!r}")
+    if self.sparse_grads not in ("auto", "on", "off"):
+      raise ConfigError(f"sae.sparse_grads must be 'auto', 'on' or 'off'; got {self.sparse_grads!r}")
     if self.k < 1:
       raise ConfigError(f"sae.k must be >= 1; got {self.k}")
     if self.k_max is not None and self.k_max < self.k:

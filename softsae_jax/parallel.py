@@ -84,19 +84,22 @@ def _any_on_mesh(flag) -> jax.Array:
 
 
 def topk_decode(pre_BF, count_B, max_k: int, w_dec_FD, mesh: Mesh | None, *, stop: bool = False,
-                dense_decode: bool = False):
+                dense_decode: bool = False, sparse_grad: bool = False):
   """The ``floor(count_B)`` largest entries of each row, decoded: ``(dec_BD, acts_BF)``.
 
   ``dec_BD`` is ``acts_BF @ w_dec_FD`` (no ``b_dec``); ``acts_BF`` holds the kept entries (zero
   elsewhere; non-finite kept values, e.g. AuxK's masked ``-inf``, count as zero). ``stop`` stops the
   gradient through the kept values; ``dense_decode`` decodes by one dense matmul of the scattered
-  codes instead of the per-slot gather (AuxK's large K). Differentiable in ``pre_BF`` and ``w_dec_FD``.
+  codes instead of the per-slot gather (AuxK's large K); ``sparse_grad``: dW_dec of the per-slot
+  decode by scatter-adds (:func:`softsae_jax.sae.sparse_decode`). Differentiable in ``pre_BF`` and
+  ``w_dec_FD``.
   """
   if _local(mesh):
     vals_BK, idx_BK = topk_sparse(pre_BF, count_B, max_k)
-    return _decode_local(vals_BK, idx_BK, w_dec_FD, pre_BF.shape[1], stop, dense_decode)
+    return decode_kept(vals_BK, idx_BK, w_dec_FD, pre_BF.shape[1], stop=stop, dense_decode=dense_decode,
+                       sparse_grad=sparse_grad)
   fn = functools.partial(_topk_decode_shard, max_k=max_k, stop=stop, dense_decode=dense_decode,
-                         shards=model_shards(mesh))
+                         sparse_grad=sparse_grad, shards=model_shards(mesh))
   return jax.shard_map(fn, mesh=mesh, in_specs=(ROWS, ROW, ATOMS), out_specs=(DEC, ROWS),
                        check_vma=False)(pre_BF, count_B, w_dec_FD)
 
@@ -109,13 +112,16 @@ def topk_acts(pre_BF, count_B, max_k: int, mesh: Mesh | None):
   return jax.shard_map(fn, mesh=mesh, in_specs=(ROWS, ROW), out_specs=ROWS, check_vma=False)(pre_BF, count_B)
 
 
-def _decode_local(vals_BK, idx_BK, w_dec_FD, num_f, stop, dense_decode):
+def decode_kept(vals_BK, idx_BK, w_dec_FD, num_f: int, *, stop: bool = False, dense_decode: bool = False,
+                sparse_grad: bool = False):
+  """One device's decode of selected entries (vals_BK, idx_BK): ``(dec_BD, acts_BF)`` as :func:`topk_decode`."""
   vals_BK = jnp.where(jnp.isfinite(vals_BK), vals_BK, 0.0)
   if stop:
     vals_BK = lax.stop_gradient(vals_BK)
   acts_BF = scatter_codes(vals_BK, idx_BK, num_f)
-  dec_BD = acts_BF @ w_dec_FD if dense_decode else sparse_decode(w_dec_FD, idx_BK, vals_BK)
-  return dec_BD, acts_BF
+  if dense_decode:
+    return acts_BF @ w_dec_FD, acts_BF
+  return sparse_decode(w_dec_FD, idx_BK, vals_BK, sparse_grad=sparse_grad), acts_BF
 
 
 def _local_winners(pre_bf, count_b, max_k, shards):
@@ -137,9 +143,10 @@ def _local_winners(pre_bf, count_b, max_k, shards):
   return jnp.where(mine_bK, vals_bK, 0.0), idx_bK
 
 
-def _topk_decode_shard(pre_bf, count_b, w_dec_fD, *, max_k, stop, dense_decode, shards):
+def _topk_decode_shard(pre_bf, count_b, w_dec_fD, *, max_k, stop, dense_decode, sparse_grad, shards):
   vals_bK, idx_bK = _local_winners(pre_bf, count_b, max_k, shards)
-  dec_bD, acts_bf = _decode_local(vals_bK, idx_bK, w_dec_fD, pre_bf.shape[1], stop, dense_decode)
+  dec_bD, acts_bf = decode_kept(vals_bK, idx_bK, w_dec_fD, pre_bf.shape[1], stop=stop, dense_decode=dense_decode,
+                                sparse_grad=sparse_grad)
   return lax.psum(dec_bD, "model"), acts_bf
 
 

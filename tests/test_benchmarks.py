@@ -89,11 +89,20 @@ def test_data_path_measures_the_loader_and_the_step(tmp_path):
 
 
 def test_peers_jax_side_runs_interleaved():
-  res = peers.measure((D, F, K), B, rounds=2, worker=None, names=("softsae topk", "jax matmul"), warmup=1)
-  assert set(res) == {"softsae topk", "jax matmul"}
+  names = ("softsae topk", "softsae topk (dense grads)", "jax matmul")
+  res = peers.measure((D, F, K), B, rounds=2, worker=None, names=names, warmup=1)
+  assert set(res) == set(names)
   assert all(len(r["wall"]) == 2 and min(r["wall"]) > 0 for r in res.values())
   lines = peers.table(res, B)
-  assert len(lines) == 4 and lines[2].startswith("| softsae topk |")
+  assert len(lines) == 5 and lines[2].startswith("| softsae topk |")
+
+
+def test_grad_scatter_variants_agree_and_time():
+  import grad_scatter
+
+  res = grad_scatter.measure(D, F, K, B, rounds=1)  # raises if a variant disagrees with the dense gradient
+  assert len(res) == 9 and all(t > 0 for t in res.values())
+  assert grad_scatter.table(res)[2].startswith("| dW_dec dense")
 
 
 @pytest.mark.skipif(not _has("torch"), reason="torch not installed")
@@ -122,7 +131,8 @@ def test_accelerator_softsae_and_step_parts():
 
   row = accelerator.measure("softsae", D, F, K, B, "bfloat16", steps=1, warmup=1)
   assert row["tokens_per_s"] > 0 and row["mfu"] is None  # no peak for a CPU
-  for arch in ("topk", "softsae"):
-    res = step_parts.measure(arch, D, F, K, B, rounds=1)
+  for arch, sparse in (("topk", "on"), ("topk", "off"), ("softsae", "auto")):
+    res = step_parts.measure(arch, D, F, K, B, rounds=1, sparse_grads=sparse)
     assert res["whole step"] > 0 and all(t > 0 for t in res.values())
     assert step_parts.table(res)[-2].startswith("| **whole step** |")
+    assert any("encoder backward: sparse" in name for name in res) == (arch == "topk" and sparse == "on")
