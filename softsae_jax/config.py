@@ -24,6 +24,7 @@ from softsae_jax.errors import UserError
 
 # The architectures; each is one entry of the table in softsae_jax/archs.py (which checks this list).
 ARCHS = ("softsae", "topk", "batchtopk", "relu", "matryoshka", "jumprelu")
+THRESHOLD_ARCHS = ("batchtopk", "matryoshka")  # their TrainState.arch_state is a learned global inference threshold
 
 
 class ConfigError(UserError):

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from softsae_jax import archs
-from softsae_jax.config import SaeConfig
+from softsae_jax.config import THRESHOLD_ARCHS, SaeConfig
 from softsae_jax.sae import decode
 from softsae_jax.types import Params
 
@@ -90,7 +90,8 @@ class SaeSplice(nnx.Module):
     self.extra_fields = () if params.extra is None else tuple(params.extra._fields)
     for name in self.extra_fields:
       setattr(self, "extra_" + name, _weight(getattr(params.extra, name)))
-    self.threshold = None if arch_state is None else _weight(arch_state)
+    # only BatchTopK/Matryoshka's arch state is used at inference (SoftSAE's k-controller offset is not)
+    self.threshold = _weight(arch_state) if cfg.arch in THRESHOLD_ARCHS and arch_state is not None else None
     self.norm_factor = _weight(norm_factor)
     self.latent_scale = SaeWeight(jnp.ones((cfg.F,), jnp.float32))
 

@@ -57,11 +57,10 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from softsae_jax.cli_types import positive_float_list, positive_int
-from softsae_jax.config import ConfigError
+from softsae_jax.config import THRESHOLD_ARCHS, ConfigError
 
 K_MAX_FACTOR = 4  # the default K_max: this many times the run's k (at least SoftSAE's k-hat bound), capped at F
 DEFAULT_MAX_ROWS = 100_000
-THRESHOLD_ARCHS = ("batchtopk", "matryoshka")  # archs whose inference rule is one learned global threshold
 
 
 # ------------------------------------------------------------------------------ the per-row curves

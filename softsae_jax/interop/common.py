@@ -29,7 +29,7 @@ import numpy as np
 
 from softsae_jax import config as config_lib
 from softsae_jax import files
-from softsae_jax.config import Config, ConfigError
+from softsae_jax.config import THRESHOLD_ARCHS, Config, ConfigError
 from softsae_jax.errors import UserError
 
 BLOCK = "softsae_jax"  # the provenance block's key in every exported config
@@ -108,7 +108,10 @@ def read_trained(workdir: str) -> Trained:
     return np.asarray(a, np.float32)
 
   extra = {} if p.extra is None else {k: f32(v) for k, v in p.extra._asdict().items()}
-  thr = None if model.arch_state is None else float(np.asarray(model.arch_state, np.float32))
+  # Only BatchTopK/Matryoshka's state is an inference threshold; SoftSAE's (the k controller's offset,
+  # sae.k_control=integral) is training-only and not part of the exported SAE.
+  thr = (float(np.asarray(model.arch_state, np.float32))
+         if model.cfg.sae.arch in THRESHOLD_ARCHS and model.arch_state is not None else None)
   rpath = os.path.join(workdir, "run.json")
   run = read_json(rpath) if os.path.isfile(rpath) else {}
   return Trained(workdir=os.path.abspath(workdir), cfg=model.cfg, w_enc=f32(p.w_enc), b_enc=f32(p.b_enc),
@@ -350,9 +353,11 @@ def write_workdir(workdir: str, imp: Imported) -> None:
   got = jax.tree.map(lambda a: tuple(a.shape), params)
   if jax.tree.structure(want) != jax.tree.structure(got) or want != got:
     raise ConvertError(f"the imported parameters do not fit arch {cfg.sae.arch} (got {got}, expected {want})")
-  if (state.arch_state is None) != (imp.threshold is None):
-    raise ConvertError(f"arch {cfg.sae.arch}: expected {'no ' if state.arch_state is None else 'a '}inference threshold")
-  arch_state = None if imp.threshold is None else jnp.asarray(imp.threshold, jnp.float32)
+  wants_threshold = cfg.sae.arch in THRESHOLD_ARCHS
+  if wants_threshold != (imp.threshold is not None):
+    raise ConvertError(f"arch {cfg.sae.arch}: expected {'an' if wants_threshold else 'no'} inference threshold")
+  # a threshold arch takes the imported threshold; any other keeps its fresh training-only state
+  arch_state = jnp.asarray(imp.threshold, jnp.float32) if wants_threshold else state.arch_state
   state = state._replace(step=jnp.asarray(imp.step, jnp.int32), params=params, opt_state=tx.init(params),
                          arch_state=arch_state)
   run = {"norm_factor": imp.norm_factor, "jax": jax.__version__, "import": imp.origin}
