@@ -52,6 +52,16 @@ def header(*parts: str) -> str:
   return "# " + " | ".join(fields + [p for p in parts if p])
 
 
+def shape_args(ap, *, d: int = 768, f: int = 16384, k: int = 64, batch: int = 1024, rounds: int = 5):
+  """Adds the step-shape flags the speed scripts share (--d --f --k --batch --rounds) to ``ap``."""
+  ap.add_argument("--d", type=int, default=d)
+  ap.add_argument("--f", type=int, default=f)
+  ap.add_argument("--k", type=int, default=k)
+  ap.add_argument("--batch", type=int, default=batch)
+  ap.add_argument("--rounds", type=int, default=rounds)
+  return ap
+
+
 def summary(ts: list[float]) -> tuple[float, float]:
   """(median, best) of a list of times."""
   return statistics.median(ts), min(ts)

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 import _steps  # noqa: E402
-from _host import header, load  # noqa: E402
+from _host import header, load, shape_args  # noqa: E402
 
 
 def write_dataset(path: str, rows: int, d: int, *, chunk: int = 65536, seed: int = 0) -> None:
@@ -140,11 +140,7 @@ def measure(ds, *, d: int, f: int, k: int, batch: int, rounds: int = 5, batches:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--rows", type=int, default=500_000)
-  ap.add_argument("--d", type=int, default=768)
-  ap.add_argument("--f", type=int, default=16384)
-  ap.add_argument("--k", type=int, default=64)
-  ap.add_argument("--batch", type=int, default=1024)
-  ap.add_argument("--rounds", type=int, default=5)
+  shape_args(ap)
   ap.add_argument("--batches", type=int, default=40, help="loader batches per round and variant")
   ap.add_argument("--steps", type=int, default=3, help="train steps per round and arch")
   ap.add_argument("--archs", default="topk,softsae")

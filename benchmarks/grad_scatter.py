@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _host import header  # noqa: E402
+from _host import header, shape_args  # noqa: E402
 
 
 def variants(d: int, f: int, k: int, b: int) -> dict:
@@ -111,11 +111,7 @@ def table(res: dict[str, float]) -> list[str]:
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--d", type=int, default=768)
-  ap.add_argument("--f", type=int, default=16384)
-  ap.add_argument("--k", type=int, default=64)
-  ap.add_argument("--batch", type=int, default=1024)
-  ap.add_argument("--rounds", type=int, default=5)
+  shape_args(ap)
   a = ap.parse_args()
   print(header(f"d={a.d} F={a.f} k={a.k} B={a.batch} float32", f"{a.rounds} interleaved rounds"), flush=True)
   print("\n".join(table(measure(a.d, a.f, a.k, a.batch, a.rounds))))

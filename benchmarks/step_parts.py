@@ -39,7 +39,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import _steps  # noqa: E402
-from _host import header, load  # noqa: E402
+from _host import header, load, shape_args  # noqa: E402
 
 
 def pieces(arch: str, d: int, f: int, k: int, b: int, sparse_grads: str = "auto") -> dict:
@@ -160,11 +160,7 @@ def table(res: dict[str, float]) -> list[str]:
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--d", type=int, default=768)
-  ap.add_argument("--f", type=int, default=16384)
-  ap.add_argument("--k", type=int, default=64)
-  ap.add_argument("--batch", type=int, default=1024)
-  ap.add_argument("--rounds", type=int, default=5)
+  shape_args(ap)
   ap.add_argument("--archs", default="topk,softsae")
   ap.add_argument("--sparse-grads", default="auto", choices=("auto", "on", "off"), help="sae.sparse_grads")
   a = ap.parse_args()
