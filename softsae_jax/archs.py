@@ -10,7 +10,7 @@ Every architecture shares the building blocks of :mod:`softsae_jax.sae` (ReLU en
 * ``train_terms(params, x_BD, valid_B, sched, cfg, mesh)``: the training-mode forward pass and its
   loss terms, a :class:`Terms`;
 * ``infer(params, arch_state, x_BD, cfg, mesh)``: the inference rule, ``(acts_BF, k_B)``;
-* ``update_state(arch_state, step, terms, valid_B, cfg, sched=None)``: the post-step update of its state
+* ``update_state(arch_state, step, terms, valid_B, cfg, *, sched)``: the post-step update of its state
   (``terms``: this step's :class:`Terms`; ``sched``: its :class:`Schedule`, with a sweep member's own k);
 * ``frozen(sched, any_dead, params, cfg)``: which parameters the optimizer must leave untouched this
   step (a Params-shaped bool tree), or ``None``.
@@ -177,14 +177,14 @@ def _softsae_state(cfg: SaeConfig):
   return jnp.zeros((), jnp.float32) if cfg.k_control == "integral" else None
 
 
-def _softsae_update(offset, step, terms: Terms, valid_B, cfg: Config, sched: Schedule | None = None):
+def _softsae_update(offset, step, terms: Terms, valid_B, cfg: Config, *, sched: Schedule):
   """The integral controller: offset += rate * (k - mean floor(k-hat)) on the steps between the end of the
-  k anneal and the hard phase (k_B is k-hat there), clipped to [-k, k]. ``k`` is ``sched.k`` (a sweep
-  member's own) when given, else ``sae.k``."""
+  k anneal and the hard phase (k_B is k-hat there), clipped to [-k, k]; k is ``sched.k`` (``sae.k``, or a
+  sweep member's own)."""
   if offset is None:
     return None
   t, sae = cfg.train.steps, cfg.sae
-  k = jnp.float32(sae.k) if sched is None else sched.k
+  k = sched.k
   start = int(round(cfg.train.k_anneal_frac * t))
   stop = t - int(round(cfg.train.hard_frac * t))
   n = jnp.maximum(valid_B.sum(), 1.0)
@@ -310,12 +310,13 @@ def _threshold_infer(params, threshold, x_BD, cfg: SaeConfig, mesh):
   return acts_BF, _count(acts_BF)
 
 
-def _threshold_update(threshold, step, terms: Terms, valid_B, cfg: Config, sched: Schedule | None = None):
+def _threshold_update(threshold, step, terms: Terms, valid_B, cfg: Config, *, sched: Schedule):
   """The inference threshold: the smallest selected activation of each batch, averaged (docs/method.md §4.2).
 
   A running mean over the first 1/(1-beta) updates, then the EMA: the reference's plain EMA (beta
   0.999 from step 1000) stays biased towards early values in short runs.
   """
+  del sched  # the EMA does not depend on the target k
   sae = cfg.sae
   acts_BF = terms.acts_BF
   sel_BF = (acts_BF > 0) & valid_B[:, None]

@@ -65,8 +65,13 @@ def topk_sparse(pre_BF: jax.Array, k_B: jax.Array, max_k: int) -> tuple[jax.Arra
   """The floor(k_B) largest entries of each row as (vals_BK, idx_BK), K = max_k; ranks at or beyond a
   row's count have value 0. Differentiable in ``pre_BF`` through the values."""
   vals_BK, idx_BK = jax.lax.top_k(pre_BF, max_k)
-  keep_BK = jnp.arange(max_k)[None, :] < jnp.floor(k_B)[:, None]
-  return jnp.where(keep_BK, vals_BK, 0.0), idx_BK
+  return _below_count(vals_BK, k_B), idx_BK
+
+
+def _below_count(vals_BK: jax.Array, k_B: jax.Array) -> jax.Array:
+  """``vals_BK`` with the ranks at or beyond each row's floor(k_B) set to 0."""
+  keep_BK = jnp.arange(vals_BK.shape[1])[None, :] < jnp.floor(k_B)[:, None]
+  return jnp.where(keep_BK, vals_BK, 0.0)
 
 
 def scatter_codes(vals_BK: jax.Array, idx_BK: jax.Array, num_f: int) -> jax.Array:
@@ -162,8 +167,7 @@ def topk_encode(params: Params, x_BD: jax.Array, k_B: jax.Array, max_k: int,
   """
   pre_BF, top_BK, idx_BK = _topk_encode(x_BD, params.w_enc, params.b_enc, params.b_dec, max_k,
                                         cfg.compute_dtype)
-  keep_BK = jnp.arange(max_k)[None, :] < jnp.floor(k_B)[:, None]
-  return pre_BF, jnp.where(keep_BK, top_BK, 0.0), idx_BK
+  return pre_BF, _below_count(top_BK, k_B), idx_BK
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
