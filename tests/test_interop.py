@@ -78,30 +78,37 @@ def keep_top(acts, count):
 # ------------------------------------------------------------------------------------ hand-made files
 
 
-def write_saelens_softsae(path, rng, d=D, f=64, k=3, k_max=6, hook="blocks.5.hook_resid_post"):
-  """A SAELens-format SoftSAE folder (our layout) with random weights; returns its tensors."""
+def write_saelens_softsae(path, rng, d=D, f=64, k=3, k_max=6, hook="blocks.5.hook_resid_post", k_input="x"):
+  """A SAELens-format SoftSAE folder (our layout) with random weights; returns its tensors.
+  ``k_input="top_acts"``: the estimator reads the top k_max + 16 activations (hidden width 5)."""
   os.makedirs(path)
   w_dec = unit_rows(rng, f, d)
+  m, h = (d, f) if k_input == "x" else (min(k_max + 16, f), 5)
   t = {"W_enc": (w_dec.T + 0.1 * rng.normal(size=(d, f))).astype(np.float32),
        "b_enc": (0.1 * rng.normal(size=f)).astype(np.float32), "W_dec": w_dec,
        "b_dec": (0.5 * rng.normal(size=d)).astype(np.float32),
-       "W_k1": (0.3 * rng.normal(size=(d, f))).astype(np.float32), "b_k1": (0.1 * rng.normal(size=f)).astype(np.float32),
-       "w_k2": (0.3 * rng.normal(size=f)).astype(np.float32), "b_k2": np.asarray(0.2, np.float32)}
+       "W_k1": (0.3 * rng.normal(size=(m, h))).astype(np.float32), "b_k1": (0.1 * rng.normal(size=h)).astype(np.float32),
+       "w_k2": (0.3 * rng.normal(size=h)).astype(np.float32), "b_k2": np.asarray(0.2, np.float32)}
   save_file(t, os.path.join(path, "sae_weights.safetensors"))
   cfg = {"d_in": d, "d_sae": f, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
          "normalize_activations": "none", "reshape_activations": "none", "architecture": "softsae", "k": k,
          "k_max": k_max, "metadata": {"sae_lens_version": "6.0.0", "model_name": "gpt2", "hook_name": hook,
                                       "context_size": 128, "prepend_bos": True}}
+  if k_input != "x":
+    cfg.update(k_input=k_input, k_hidden=h)
   with open(os.path.join(path, "cfg.json"), "w") as fh:
     json.dump(cfg, fh)
   return t, cfg
 
 
 def softsae_reference(t, x, k_max):
-  """NumPy reference of our SoftSAE encode/decode in raw units (SAELens layout tensors)."""
+  """NumPy reference of our SoftSAE encode/decode in raw units (SAELens layout tensors); the estimator
+  reads x - b_dec, or, when W_k1 has another row count than D (k_input=top_acts), the sorted top activations."""
   sae_in = x.astype(np.float64) - t["b_dec"]
   pre = np.maximum(sae_in @ t["W_enc"] + t["b_enc"], 0.0)
-  logit = np.maximum(sae_in @ t["W_k1"] + t["b_k1"], 0.0) @ t["w_k2"] + t["b_k2"]
+  m = t["W_k1"].shape[0]
+  feats = sae_in if m == x.shape[1] else -np.sort(-pre, axis=1)[:, :m]
+  logit = np.maximum(feats @ t["W_k1"] + t["b_k1"], 0.0) @ t["w_k2"] + t["b_k2"]
   k_hat = np.clip(k_max / (1.0 + np.exp(-logit)), 1.0, pre.shape[-1])
   codes = keep_top(pre, np.floor(k_hat))
   return codes, codes @ t["W_dec"] + t["b_dec"], k_hat
@@ -198,14 +205,16 @@ def test_gemmascope_folds_b_dec_and_matches_its_forward(tmp_path, capsys):
 
 
 @needs_torch
-def test_saelens_softsae_folder_torch_module_and_jax_agree(tmp_path, capsys):
-  """A hand-written SAELens SoftSAE folder: NumPy reference == torch module == imported JAX workdir."""
+@pytest.mark.parametrize("k_input", ["x", "top_acts"])
+def test_saelens_softsae_folder_torch_module_and_jax_agree(tmp_path, capsys, k_input):
+  """A hand-written SAELens SoftSAE folder: NumPy reference == torch module == imported JAX workdir,
+  whose export writes the same folder back."""
   import torch
 
   from softsae_jax.torch_module import SaeModule
 
   rng = np.random.default_rng(2)
-  t, _ = write_saelens_softsae(str(tmp_path / "sl"), rng)
+  t, _ = write_saelens_softsae(str(tmp_path / "sl"), rng, k_input=k_input)
   x = (2.0 * rng.normal(size=(64, D))).astype(np.float32)
   codes, recon, k_hat = softsae_reference(t, x, 6)
   assert len(np.unique(np.floor(k_hat))) > 1  # k varies per row
@@ -223,6 +232,20 @@ def test_saelens_softsae_folder_torch_module_and_jax_agree(tmp_path, capsys):
   assert rel(got.codes, tc) <= 1e-5 and rel(got.recon, recon) <= 1e-5
   np.testing.assert_array_equal(got.codes != 0, codes != 0)
   assert np.abs(got.k - k_hat).max() <= 1e-5
+  imported = softsae_jax.load(str(wd)).cfg.sae
+  assert (imported.k_input, imported.k_max) == (k_input, 6) and (k_input == "x" or imported.k_hidden == 5)
+  rc, err = cli(capsys, "convert", "--workdir", wd, "--to", "saelens", "--out", tmp_path / "back")
+  assert rc == 0, err
+  from safetensors.numpy import load_file
+
+  back = load_file(str(tmp_path / "back" / "sae_weights.safetensors"))
+  assert all(np.array_equal(back[n], np.asarray(a, np.float32)) for n, a in t.items())
+  cfg_back = json.load(open(tmp_path / "back" / "cfg.json"))
+  assert cfg_back.get("k_input", "x") == k_input and cfg_back["k_max"] == 6
+  if k_input == "top_acts":  # the authors' dictionary_learning class has no such estimator: refused
+    rc, err = cli(capsys, "convert", "--workdir", wd, "--to", "dictionary_learning", "--out", tmp_path / "dl")
+    assert rc == 1 and "k_input=top_acts" in err and "--to saelens" in err and not (tmp_path / "dl").exists()
+    return
   # SAEBench's duck type
   assert (mod.cfg.hook_layer, mod.cfg.hook_name, mod.cfg.model_name) == (5, "blocks.5.hook_resid_post", "gpt2")
   assert (mod.cfg.d_in, mod.cfg.d_sae, mod.cfg.context_size, mod.cfg.prepend_bos) == (D, 64, 128, True)
@@ -539,6 +562,16 @@ def test_real_sae_lens_loads_our_exports(runs, tmp_path):
       paths[name] = str(tmp_path / f"{arch}.{name}.npy")
       np.save(paths[name], np.asarray(arr, np.float32))
     cases.append({"dir": runs.export(arch, "saelens"), "softsae": arch == "softsae", **paths})
+  # SoftSAE with sae.k_input=top_acts (a hand-written folder, NumPy reference)
+  rng = np.random.default_rng(11)
+  t, _ = write_saelens_softsae(str(tmp_path / "top_acts"), rng, k_input="top_acts")
+  xs = (2.0 * rng.normal(size=(64, D))).astype(np.float32)
+  codes, recon, _ = softsae_reference(t, xs, 6)
+  paths = {}
+  for name, arr in (("x", xs), ("codes", codes), ("recon", recon)):
+    paths[name] = str(tmp_path / f"top_acts.{name}.npy")
+    np.save(paths[name], np.asarray(arr, np.float32))
+  cases.append({"dir": str(tmp_path / "top_acts"), "softsae": True, **paths})
   spec = tmp_path / "spec.json"
   spec.write_text(json.dumps({"repo": REPO, "cases": cases}))
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS", "JAX_PLATFORMS")}
@@ -548,7 +581,8 @@ def test_real_sae_lens_loads_our_exports(runs, tmp_path):
   out = json.loads(r.stdout.strip().splitlines()[-1])
   print("sae-lens", out["sae_lens_version"])
   assert not out["jax_imported"]
-  for arch, res in zip(config_lib.ARCHS, out["cases"]):
+  assert len(out["cases"]) == len(config_lib.ARCHS) + 1
+  for arch, res in zip(config_lib.ARCHS + ("softsae",), out["cases"]):
     assert res["class"] == expect[arch], (arch, res)
     assert res["codes_rel"] <= 1e-5 and res["recon_rel"] <= 1e-5 and res["support_equal"], (arch, res)
     assert res["fold_raised"] is None and res["recon_rel_after_fold"] <= 1e-5, (arch, res)
