@@ -165,16 +165,17 @@ def _top_acts_width(cfg: SaeConfig) -> int:
   return min(cfg.kmax + 16, cfg.F)
 
 
-def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None) -> jax.Array:
-  """SoftSAE's k-hat: clamp(k_max * sigmoid(w2 . ReLU((x - b_dec) W1 + b1) + b2), 1, F), [B] float32.
+def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None, mesh=None) -> jax.Array:
+  """SoftSAE's k-hat: clamp(k_max * sigmoid(w2 . ReLU((x - b_dec) W1 + b1) + b2), 1, F), [B] float32;
+  with ``sae.k_input=top_acts`` the first layer reads the row's M = k_max + 16 largest pre-activations,
+  sorted, gradient stopped (``mesh``: where they are selected), instead of x - b_dec.
 
   ``kmax``: a traced k_max (a sweep member's own) instead of ``cfg.kmax``. Kept in float32 whatever
   the compute dtype (docs/method.md §2.2: bf16 would quantise k-hat).
   """
   est: KEstimator = params.extra
   if cfg.k_input == "top_acts":
-    pre_BF = jax.lax.stop_gradient(pre_acts(params, x_BD, cfg))
-    top_BM = jax.lax.top_k(pre_BF, _top_acts_width(cfg))[0]
+    top_BM = parallel.top_values(pre_acts(params, x_BD, cfg), _top_acts_width(cfg), mesh)
     h_BH = jax.nn.relu(top_BM @ est.w_k1 + est.b_k1[None, :])
     logit_B = h_BH @ est.w_k2 + est.b_k2
   else:
@@ -186,7 +187,7 @@ def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array 
 
 def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig, mesh=None, kmax=None) -> Codes:
   pre_BF = pre_acts(params, x_BD, cfg)
-  k_B = estimate_k(params, x_BD, cfg, kmax)
+  k_B = estimate_k(params, x_BD, cfg, kmax, mesh)
   scores_BF = pre_BF if cfg.soft_grad == "faithful" else jax.lax.stop_gradient(pre_BF)
   if cfg.alpha_k <= 0:
     return Codes(pre_BF, pre_BF * parallel.soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax, mesh=mesh), k_B)
@@ -231,7 +232,7 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
 
   def hard_phase(_):
     pre_BF = pre_acts(params, x_BD, sae)
-    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae, sched.kmax))
+    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae, sched.kmax, mesh))
     return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, mesh, stop=cfg.train.hard_freeze,
                               sparse_grad=sae_lib.sparse_grads_on(sae))
 
@@ -244,7 +245,7 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
 
 def _softsae_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
   del arch_state
-  k_B = estimate_k(params, x_BD, cfg)
+  k_B = estimate_k(params, x_BD, cfg, mesh=mesh)
   return parallel.topk_acts(pre_acts(params, x_BD, cfg), jnp.floor(k_B), cfg.kmax, mesh), k_B
 
 
