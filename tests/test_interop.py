@@ -38,7 +38,14 @@ needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reas
 D = 16
 SOURCE = {"model": "gpt2", "layer": 3, "site": "block_output", "hidden_states_index": 4, "seq_len": 64,
           "model_type": "gpt2", "special_tokens": {"prefix": [50256], "suffix": []}}
-DL_ARCHS = ("softsae", "topk", "batchtopk", "matryoshka", "relu")
+DL_ARCHS = ("softsae-x", "topk", "batchtopk", "matryoshka", "relu")
+# The trained runs: every arch at its defaults, plus "softsae-x", SoftSAE with the authors' k-estimator
+# (sae.k_input=x; the default reads the top activations, which the authors' dictionary_learning class cannot).
+RUN_NAMES = config_lib.ARCHS + ("softsae-x",)
+
+
+def arch_of(name):
+  return name.split("-")[0]
 
 
 def env1():
@@ -417,8 +424,9 @@ class Runs:
 
   def workdir(self, arch):
     if arch not in self._wd:
-      cfg = config_lib.apply_overrides(config_lib.Config(), [
-          f"sae.arch={arch}", "sae.k=3", "sae.expansion=4", "train.steps=30", "train.batch_size=64",
+      more = ["sae.k_input=x"] if arch == "softsae-x" else []
+      cfg = config_lib.apply_overrides(config_lib.Config(), more + [
+          f"sae.arch={arch_of(arch)}", "sae.k=3", "sae.expansion=4", "train.steps=30", "train.batch_size=64",
           "train.log_every=10", "data.prefetch=0", "sae.threshold_start_frac=0.1", "train.hard_frac=0.2"])
       wd = os.path.join(self.root, arch)
       trainer.train(self.acts, wd, cfg, progress=False, log=lambda m: None)
@@ -447,7 +455,7 @@ def same_files(a, b):
 
 @needs_torch
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", config_lib.ARCHS)
+@pytest.mark.parametrize("arch", RUN_NAMES)
 def test_export_import_export_is_bitwise_and_inference_equal(arch, runs, tmp_path, capsys):
   x = runs.x[:512]
   orig = softsae_jax.load(runs.workdir(arch))
@@ -456,7 +464,7 @@ def test_export_import_export_is_bitwise_and_inference_equal(arch, runs, tmp_pat
   for fmt in interop.EXPORT_FORMATS:
     if fmt == "dictionary_learning" and arch not in DL_ARCHS:
       rc, err = cli(capsys, "convert", "--workdir", runs.workdir(arch), "--to", fmt, "--out", tmp_path / "no")
-      assert rc == 1 and "no dictionary_learning layout" in err
+      assert rc == 1 and ("k_input=top_acts" if arch == "softsae" else "no dictionary_learning layout") in err
       continue
     out1, wd2, out2 = runs.export(arch, fmt), tmp_path / f"{fmt}.wd", tmp_path / f"{fmt}.out2"
     rc, err = cli(capsys, "convert", "--from", fmt, "--in", out1, "--workdir", wd2)
@@ -465,11 +473,12 @@ def test_export_import_export_is_bitwise_and_inference_equal(arch, runs, tmp_pat
     assert rc == 0, err
     same_files(out1, out2)
     imp = softsae_jax.load(str(wd2))
-    assert imp.arch == arch and imp.step == orig.step
+    assert imp.arch == arch_of(arch) and imp.step == orig.step
+    assert (imp.cfg.sae.k_input, imp.cfg.sae.k_hidden) == (orig.cfg.sae.k_input, orig.cfg.sae.k_hidden)
     got = imp.infer(x)
     assert rel(got.recon, ref.recon) <= 1e-6 and rel(got.codes, ref.codes) <= 1e-6, fmt
     np.testing.assert_array_equal(got.codes != 0, ref.codes != 0)
-    if arch == "softsae":
+    if arch_of(arch) == "softsae":
       assert np.abs(got.k - ref.k).max() <= 1e-5
       # dictionary_learning stores the normalised weights and the norm factor, as the authors' class does
       assert imp.norm_factor == (orig.norm_factor if fmt == "dictionary_learning" else 1.0)
@@ -518,7 +527,7 @@ def test_saelens_metadata_sparsity_and_imported_workdir_in_the_cli(runs, tmp_pat
 
 @needs_torch
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", config_lib.ARCHS)
+@pytest.mark.parametrize("arch", RUN_NAMES)
 def test_torch_module_and_flax_adapter_match_the_engine(arch, runs):
   import torch
 
@@ -535,7 +544,7 @@ def test_torch_module_and_flax_adapter_match_the_engine(arch, runs):
       codes = mod.encode(xt).numpy().reshape(240, -1)
       assert rel(codes, ref.codes) <= 1e-5 and rel(mod.decode(mod.encode(xt)).numpy().reshape(240, D), ref.recon) <= 1e-5
       np.testing.assert_array_equal(codes != 0, ref.codes != 0)
-    if arch == "softsae":
+    if arch_of(arch) == "softsae":
       assert np.abs(mod.estimate_k(torch.from_numpy(x)).numpy() - ref.k).max() <= 1e-5
   sae = SaeSplice(model)
   h = jnp.asarray(x.reshape(8, 30, D))
@@ -555,13 +564,13 @@ def test_real_sae_lens_loads_our_exports(runs, tmp_path):
   expect = {"topk": "TopKSAE", "relu": "StandardSAE", "jumprelu": "JumpReLUSAE", "batchtopk": "JumpReLUSAE",
             "matryoshka": "JumpReLUSAE", "softsae": "SoftSAELens"}
   cases = []
-  for arch in config_lib.ARCHS:
+  for arch in RUN_NAMES:
     inf = softsae_jax.load(runs.workdir(arch)).infer(runs.x[:200])
     paths = {}
     for name, arr in (("x", runs.x[:200]), ("codes", inf.codes), ("recon", inf.recon)):
       paths[name] = str(tmp_path / f"{arch}.{name}.npy")
       np.save(paths[name], np.asarray(arr, np.float32))
-    cases.append({"dir": runs.export(arch, "saelens"), "softsae": arch == "softsae", **paths})
+    cases.append({"dir": runs.export(arch, "saelens"), "softsae": arch_of(arch) == "softsae", **paths})
   # SoftSAE with sae.k_input=top_acts (a hand-written folder, NumPy reference)
   rng = np.random.default_rng(11)
   t, _ = write_saelens_softsae(str(tmp_path / "top_acts"), rng, k_input="top_acts")
@@ -581,13 +590,13 @@ def test_real_sae_lens_loads_our_exports(runs, tmp_path):
   out = json.loads(r.stdout.strip().splitlines()[-1])
   print("sae-lens", out["sae_lens_version"])
   assert not out["jax_imported"]
-  assert len(out["cases"]) == len(config_lib.ARCHS) + 1
-  for arch, res in zip(config_lib.ARCHS + ("softsae",), out["cases"]):
-    assert res["class"] == expect[arch], (arch, res)
+  assert len(out["cases"]) == len(RUN_NAMES) + 1
+  for arch, res in zip(RUN_NAMES + ("softsae",), out["cases"]):
+    assert res["class"] == expect[arch_of(arch)], (arch, res)
     assert res["codes_rel"] <= 1e-5 and res["recon_rel"] <= 1e-5 and res["support_equal"], (arch, res)
     assert res["fold_raised"] is None and res["recon_rel_after_fold"] <= 1e-5, (arch, res)
     assert res["module_codes_rel"] <= 1e-5 and res["module_recon_rel"] <= 1e-5, (arch, res)
-    if arch == "softsae":
+    if arch_of(arch) == "softsae":
       assert res["loads_before_register"] is False and res["register_idempotent"], res
 
 
@@ -632,7 +641,7 @@ def test_dictionary_learning_files_follow_their_classes(arch, runs):
   out = runs.export(arch, "dictionary_learning")
   sd = torch.load(os.path.join(out, "ae.pt"), weights_only=True)
   cfg = json.load(open(os.path.join(out, "config.json")))
-  dict_class, trainer_class = LAYOUT[arch]
+  dict_class, trainer_class = LAYOUT[arch_of(arch)]
   assert (cfg["trainer"]["dict_class"], cfg["trainer"]["trainer_class"]) == (dict_class, trainer_class)
   assert (cfg["trainer"]["activation_dim"], cfg["trainer"]["dict_size"]) == (D, 4 * D)
   assert (cfg["trainer"]["layer"], cfg["trainer"]["lm_name"]) == (3, "gpt2")

@@ -75,7 +75,7 @@ def np_softsae(p, x, cfg, alpha, budget, dead):
 
 @pytest.fixture(scope="module")
 def setup():
-  cfg = SaeConfig(arch="softsae", d_in=D, n_latents=F, k=3, k_max=6, top_k_aux=4, soft_grad="faithful")
+  cfg = SaeConfig(arch="softsae", d_in=D, n_latents=F, k=3, k_max=6, top_k_aux=4, soft_grad="faithful", k_input="x")
   p32, p64 = random_params(cfg)
   x = np.random.default_rng(1).normal(size=(B, D)).astype(np.float32)
   return cfg, p32, p64, x
@@ -152,7 +152,7 @@ def test_auxk_is_exactly_zero_without_dead_latents(setup):
 
 
 def test_init_follows_the_method():
-  cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4)
+  cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4, k_input="x")  # the authors' estimator
   p = init_params(jax.random.key(0), cfg)
   np.testing.assert_allclose(np.linalg.norm(p.w_dec, axis=1), 1.0, rtol=1e-6)
   np.testing.assert_array_equal(p.w_enc, p.w_dec.T)
