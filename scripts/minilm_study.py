@@ -106,6 +106,8 @@ def main() -> int:
   ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
   ap.add_argument("--variant", default=None, help="a name for a SoftSAE variant: its runs go to k<K>/softsae-<NAME>")
   ap.add_argument("--soft-set", action="append", default=[], help="config overrides for SoftSAE only (a variant)")
+  ap.add_argument("--results-name", default=None,
+                  help="the results files' name in --out (default results, or results_<variant>)")
   ap.add_argument("--jumprelu-coeffs", default="",
                   help="comma-separated sae.l0_coeff values: JumpReLU at each, interpolated to SoftSAE's L0 per seed")
   a = ap.parse_args()
@@ -130,7 +132,7 @@ def main() -> int:
                        "l0_over_k": statistics.mean(r["l0_mean"] for r in soft_by_seed.values()) / k,
                        "k_hat": _ms([r.get("k_hat_mean", float("nan")) for r in soft_by_seed.values()]),
                        "max_aux_loss": min(r["max_aux_loss"] for r in soft_by_seed.values())}}
-    for arch in a.baselines.split(","):
+    for arch in filter(None, a.baselines.split(",")):
       base_dir = os.path.join(kdir, arch)
       if os.path.exists(os.path.join(base_dir, "config.json")):
         with open(os.path.join(base_dir, "config.json")) as f:
@@ -206,8 +208,8 @@ def headroom(held: str, soft_members: list[str], topk_members: list[str], l0: in
 
 
 def _write(out, results, a, train, held):
-  tag = f"_{a.variant}" if a.variant else ""
-  with open(os.path.join(out, f"results{tag}.json"), "w") as f:
+  name = a.results_name or ("results" + (f"_{a.variant}" if a.variant else ""))
+  with open(os.path.join(out, f"{name}.json"), "w") as f:
     json.dump({"args": vars(a), "train": train, "heldout": held, "results": results}, f, indent=1)
   lines = [f"Command: `python scripts/minilm_study.py --ks {a.ks} --seeds {a.seeds} --steps {a.steps}"
            + "".join(f" --set {s}" for s in a.set) + (f" --variant {a.variant}" if a.variant else "")
@@ -241,7 +243,7 @@ def _write(out, results, a, train, held):
       h = row["headroom"]
       lines += ["", f"Headroom at k = {k}, mean L0 {h['l0']} (first 40k held-out rows, mean ± sd over seeds):", ""]
       lines += [f"* {name.replace('_', ' ')}: {v[0]:.4f} ± {v[1]:.4f}" for name, v in h.items() if name != "l0"]
-  with open(os.path.join(out, f"results{tag}.md"), "w") as f:
+  with open(os.path.join(out, f"{name}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines), flush=True)
 
