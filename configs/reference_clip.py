@@ -26,7 +26,8 @@ T = 40_000
 def get_config() -> Config:
   return Config(
       sae=SaeConfig(arch="softsae", n_latents=4096, k=220, k_max=1024, alpha=1e-4, alpha_start=1.0,
-                    soft_grad="faithful", k_control="none", k_loss_weight=1.0, k_loss_beta=5.0,
+                    soft_grad="faithful", k_control="none", k_input="x", alpha_k=0.0,
+                    k_loss_weight=1.0, k_loss_beta=5.0,
                     auxk_alpha=1.0 / 32.0,
                     top_k_aux=None, dead_tokens=400_000, compute_dtype="float32"),
       train=TrainConfig(steps=T, batch_size=8192, lr=6e-4, warmup_frac=1900 / T, decay_start_frac=6500 / T,

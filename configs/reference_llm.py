@@ -27,7 +27,8 @@ T = 244_140  # int(500_000_000 / 2048)
 def get_config() -> Config:
   return Config(
       sae=SaeConfig(arch="softsae", n_latents=16_384, k=80, k_max=None, alpha=1e-4, alpha_start=1.0,
-                    soft_grad="faithful", k_control="none", k_loss_weight=1.0, k_loss_beta=5.0,
+                    soft_grad="faithful", k_control="none", k_input="x", alpha_k=0.0,
+                    k_loss_weight=1.0, k_loss_beta=5.0,
                     auxk_alpha=1.0 / 32.0,
                     top_k_aux=None, dead_tokens=10_000_000, compute_dtype="bfloat16"),
       train=TrainConfig(steps=T, batch_size=2048, lr=3e-4, warmup_frac=1000 / T, decay_start_frac=0.8,

@@ -17,7 +17,11 @@ standard-library docstring and the pydoc topics — split by *document* (15% hel
    linearly in its own held-out L0 to SoftSAE's ``m_s`` (matched L0);
 3. a table per k: held-out FVU mean ± sd over seeds, held-out L0, the per-seed ratio SoftSAE / baseline
    at matched L0 (mean ± sd), SoftSAE's L0 relative to its target k, and the largest AuxK loss logged
-   (nonzero = AuxK ran).
+   (nonzero = AuxK ran);
+4. with ``--jumprelu-coeffs C1,C2,...``: JumpReLU (its L0 is set by ``sae.l0_coeff``, not by k) at each
+   coefficient with the same seeds, evaluated on the held-out rows; per seed its FVU is interpolated
+   linearly in held-out L0 between the two coefficients whose L0 bracket SoftSAE's ``m_s`` (none when
+   no two do: the table then says so, with the L0s reached).
 
 Every command is printed before it runs; rerunning skips finished steps (train resumes, splits and
 evals are kept). Results: ``--out``/results.json and results.md.
@@ -102,6 +106,10 @@ def main() -> int:
   ap.add_argument("--set", action="append", default=[], help="extra config overrides for every run")
   ap.add_argument("--variant", default=None, help="a name for a SoftSAE variant: its runs go to k<K>/softsae-<NAME>")
   ap.add_argument("--soft-set", action="append", default=[], help="config overrides for SoftSAE only (a variant)")
+  ap.add_argument("--results-name", default=None,
+                  help="the results files' name in --out (default results, or results_<variant>)")
+  ap.add_argument("--jumprelu-coeffs", default="",
+                  help="comma-separated sae.l0_coeff values: JumpReLU at each, interpolated to SoftSAE's L0 per seed")
   a = ap.parse_args()
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -124,7 +132,7 @@ def main() -> int:
                        "l0_over_k": statistics.mean(r["l0_mean"] for r in soft_by_seed.values()) / k,
                        "k_hat": _ms([r.get("k_hat_mean", float("nan")) for r in soft_by_seed.values()]),
                        "max_aux_loss": min(r["max_aux_loss"] for r in soft_by_seed.values())}}
-    for arch in a.baselines.split(","):
+    for arch in filter(None, a.baselines.split(",")):
       base_dir = os.path.join(kdir, arch)
       if os.path.exists(os.path.join(base_dir, "config.json")):
         with open(os.path.join(base_dir, "config.json")) as f:
@@ -142,12 +150,39 @@ def main() -> int:
       row[arch] = {"fvu_at_matched_l0": _ms(fvus), "softsae_over_baseline": _ms(ratios),
                    "trained_k": [lo, hi], "heldout_l0": [list(x) for x in l0s],
                    "max_aux_loss": min(r["max_aux_loss"] for r in base.values())}
+    if a.jumprelu_coeffs:
+      row["jumprelu"] = jumprelu_row(train, held, kdir, common, seeds, soft_by_seed, a.jumprelu_coeffs.split(","))
     if a.headroom:
       row["headroom"] = headroom(held, [os.path.join(soft_dir, "members", f"k{k}-seed{s}") for s in seeds],
                                  [os.path.join(kdir, "topk", "members", f"k{lo}-seed{s}") for s in seeds], lo)
     results[k] = row
     _write(a.out, results, a, train, held)
   return 0
+
+
+def jumprelu_row(train, held, kdir, common, seeds, soft_by_seed, coeffs) -> dict:
+  """JumpReLU at each ``sae.l0_coeff`` (all seeds in one sweep), matched to SoftSAE's L0 per seed."""
+  by_c = {}
+  for c in coeffs:
+    res = train_split_eval(train, held, os.path.join(kdir, f"jumprelu-l0c{c}"),
+                           ["sae.arch=jumprelu", f"sae.l0_coeff={c}", *common])
+    by_c[c] = {s: next(r for n, r in res.items() if n.endswith(f"-seed{s}")) for s in seeds}
+  fvus, ratios, l0s, aux = [], [], [], []
+  for s in seeds:
+    pts = sorted((by_c[c][s]["l0_mean"], by_c[c][s]["fvu"]) for c in coeffs)
+    l0s.append([round(p[0], 2) for p in pts])
+    aux.append(min(by_c[c][s]["max_aux_loss"] for c in coeffs))
+    target = soft_by_seed[s]["l0_mean"]
+    pair = next(((p, q) for p, q in zip(pts, pts[1:]) if p[0] <= target <= q[0]), None)
+    if pair is None:
+      continue
+    f = _interp(pair[0][0], pair[0][1], pair[1][0], pair[1][1], target)
+    fvus.append(f)
+    ratios.append(soft_by_seed[s]["fvu"] / f)
+  out = {"coeffs": coeffs, "heldout_l0": l0s, "max_aux_loss": min(aux), "bracketed_seeds": len(fvus)}
+  if fvus:
+    out.update(fvu_at_matched_l0=_ms(fvus), softsae_over_baseline=_ms(ratios))
+  return out
 
 
 def headroom(held: str, soft_members: list[str], topk_members: list[str], l0: int) -> dict:
@@ -173,12 +208,13 @@ def headroom(held: str, soft_members: list[str], topk_members: list[str], l0: in
 
 
 def _write(out, results, a, train, held):
-  tag = f"_{a.variant}" if a.variant else ""
-  with open(os.path.join(out, f"results{tag}.json"), "w") as f:
+  name = a.results_name or ("results" + (f"_{a.variant}" if a.variant else ""))
+  with open(os.path.join(out, f"{name}.json"), "w") as f:
     json.dump({"args": vars(a), "train": train, "heldout": held, "results": results}, f, indent=1)
   lines = [f"Command: `python scripts/minilm_study.py --ks {a.ks} --seeds {a.seeds} --steps {a.steps}"
            + "".join(f" --set {s}" for s in a.set) + (f" --variant {a.variant}" if a.variant else "")
-           + "".join(f" --soft-set {s}" for s in a.soft_set) + "`", "",
+           + "".join(f" --soft-set {s}" for s in a.soft_set) + f" --baselines {a.baselines}"
+           + (f" --jumprelu-coeffs {a.jumprelu_coeffs}" if a.jumprelu_coeffs else "") + "`", "",
            "| k | arch | held-out FVU (mean ± sd) | held-out L0 | SoftSAE / arch at matched L0 | min over seeds of max AuxK loss |",
            "|---|---|---|---|---|---|"]
   for k, row in results.items():
@@ -186,7 +222,17 @@ def _write(out, results, a, train, held):
     lines.append(f"| {k} | SoftSAE | {s['fvu'][0]:.4f} ± {s['fvu'][1]:.4f} | {s['l0'][0]:.2f} ± {s['l0'][1]:.2f} "
                  f"({100 * (s['l0_over_k'] - 1):+.1f}% of k) | – | {s['max_aux_loss']:.3g} |")
     for arch, r in row.items():
-      if arch == "softsae":
+      if arch in ("softsae", "headroom"):
+        continue
+      if arch == "jumprelu":
+        l0s = "; ".join("/".join(f"{x:.1f}" for x in seed_l0s) for seed_l0s in r["heldout_l0"])
+        if "fvu_at_matched_l0" not in r:
+          lines.append(f"| {k} | jumprelu (l0_coeff {'/'.join(r['coeffs'])}) | not bracketed | {l0s} | – | "
+                       f"{r['max_aux_loss']:.3g} |")
+          continue
+        lines.append(f"| {k} | jumprelu (l0_coeff {'/'.join(r['coeffs'])}, interpolated; {r['bracketed_seeds']} "
+                     f"seeds bracketed) | {r['fvu_at_matched_l0'][0]:.4f} ± {r['fvu_at_matched_l0'][1]:.4f} | {l0s} | "
+                     f"{r['softsae_over_baseline'][0]:.4f} ± {r['softsae_over_baseline'][1]:.4f} | {r['max_aux_loss']:.3g} |")
         continue
       lines.append(f"| {k} | {arch} (k={r['trained_k'][0]}/{r['trained_k'][1]}, interpolated) | "
                    f"{r['fvu_at_matched_l0'][0]:.4f} ± {r['fvu_at_matched_l0'][1]:.4f} | "
@@ -197,7 +243,7 @@ def _write(out, results, a, train, held):
       h = row["headroom"]
       lines += ["", f"Headroom at k = {k}, mean L0 {h['l0']} (first 40k held-out rows, mean ± sd over seeds):", ""]
       lines += [f"* {name.replace('_', ' ')}: {v[0]:.4f} ± {v[1]:.4f}" for name, v in h.items() if name != "l0"]
-  with open(os.path.join(out, f"results{tag}.md"), "w") as f:
+  with open(os.path.join(out, f"{name}.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines), flush=True)
 

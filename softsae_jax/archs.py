@@ -145,6 +145,14 @@ def _softsae_init(keys, w_enc_DF, cfg: SaeConfig) -> KEstimator:
   """The k-estimator's first layer is a separate copy of ``w_enc``; its second layer torch-default
   uniform (docs/method.md §2.1)."""
   k_w2, k_b2 = keys
+  if cfg.k_input == "top_acts":  # M -> H -> 1, torch-default uniform layers
+    m, h = _top_acts_width(cfg), cfg.k_hidden
+    k_w1 = jax.random.fold_in(k_w2, 1)
+    b1, b2 = 1.0 / jnp.sqrt(m), 1.0 / jnp.sqrt(h)
+    return KEstimator(w_k1=jax.random.uniform(k_w1, (m, h), jnp.float32, -b1, b1),
+                      b_k1=jnp.zeros((h,), jnp.float32),
+                      w_k2=jax.random.uniform(k_w2, (h,), jnp.float32, -b2, b2),
+                      b_k2=jax.random.uniform(k_b2, (), jnp.float32, -b2, b2))
   bound = 1.0 / jnp.sqrt(cfg.F)
   return KEstimator(w_k1=jnp.copy(w_enc_DF),  # own buffer: the state is donated
                     b_k1=jnp.zeros((cfg.F,), jnp.float32),
@@ -152,24 +160,43 @@ def _softsae_init(keys, w_enc_DF, cfg: SaeConfig) -> KEstimator:
                     b_k2=jax.random.uniform(k_b2, (), jnp.float32, -bound, bound))
 
 
-def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None) -> jax.Array:
-  """SoftSAE's k-hat: clamp(k_max * sigmoid(w2 . ReLU((x - b_dec) W1 + b1) + b2), 1, F), [B] float32.
+def _top_acts_width(cfg: SaeConfig) -> int:
+  """M: how many of the largest pre-activations the "top_acts" k-estimator reads."""
+  return min(cfg.kmax + 16, cfg.F)
+
+
+def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None, mesh=None) -> jax.Array:
+  """SoftSAE's k-hat: clamp(k_max * sigmoid(w2 . ReLU((x - b_dec) W1 + b1) + b2), 1, F), [B] float32;
+  with ``sae.k_input=top_acts`` the first layer reads the row's M = k_max + 16 largest pre-activations,
+  sorted, gradient stopped (``mesh``: where they are selected), instead of x - b_dec.
 
   ``kmax``: a traced k_max (a sweep member's own) instead of ``cfg.kmax``. Kept in float32 whatever
   the compute dtype (docs/method.md §2.2: bf16 would quantise k-hat).
   """
   est: KEstimator = params.extra
-  h_BF = jax.nn.relu(affine(x_BD, params.b_dec, est.w_k1, est.b_k1, cfg.compute_dtype))
-  logit_B = h_BF @ est.w_k2 + est.b_k2
+  if cfg.k_input == "top_acts":
+    top_BM = parallel.top_values(pre_acts(params, x_BD, cfg), _top_acts_width(cfg), mesh)
+    h_BH = jax.nn.relu(top_BM @ est.w_k1 + est.b_k1[None, :])
+    logit_B = h_BH @ est.w_k2 + est.b_k2
+  else:
+    h_BF = jax.nn.relu(affine(x_BD, params.b_dec, est.w_k1, est.b_k1, cfg.compute_dtype))
+    logit_B = h_BF @ est.w_k2 + est.b_k2
   kmax = cfg.kmax if kmax is None else kmax
   return jnp.clip(kmax * jax.nn.sigmoid(logit_B), 1.0, float(cfg.F))
 
 
 def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig, mesh=None, kmax=None) -> Codes:
   pre_BF = pre_acts(params, x_BD, cfg)
-  k_B = estimate_k(params, x_BD, cfg, kmax)
+  k_B = estimate_k(params, x_BD, cfg, kmax, mesh)
   scores_BF = pre_BF if cfg.soft_grad == "faithful" else jax.lax.stop_gradient(pre_BF)
-  return Codes(pre_BF, pre_BF * parallel.soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax, mesh=mesh), k_B)
+  if cfg.alpha_k <= 0:
+    return Codes(pre_BF, pre_BF * parallel.soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax, mesh=mesh), k_B)
+  # Decoupled temperatures: the weights at alpha, k-hat's gradient from the weights at max(alpha, alpha_k)
+  # (a zero-valued term w_k - stop(w_k) that carries only d/dk-hat).
+  w_BF = parallel.soft_topk(scores_BF, jax.lax.stop_gradient(k_B), alpha, max_k=cfg.kmax, mesh=mesh)
+  w_k_BF = parallel.soft_topk(jax.lax.stop_gradient(pre_BF), k_B, jnp.maximum(alpha, cfg.alpha_k),
+                              max_k=cfg.kmax, mesh=mesh)
+  return Codes(pre_BF, pre_BF * (w_BF + (w_k_BF - jax.lax.stop_gradient(w_k_BF))), k_B)
 
 
 def _softsae_state(cfg: SaeConfig):
@@ -205,7 +232,7 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
 
   def hard_phase(_):
     pre_BF = pre_acts(params, x_BD, sae)
-    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae, sched.kmax))
+    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae, sched.kmax, mesh))
     return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, mesh, stop=cfg.train.hard_freeze,
                               sparse_grad=sae_lib.sparse_grads_on(sae))
 
@@ -218,7 +245,7 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
 
 def _softsae_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
   del arch_state
-  k_B = estimate_k(params, x_BD, cfg)
+  k_B = estimate_k(params, x_BD, cfg, mesh=mesh)
   return parallel.topk_acts(pre_acts(params, x_BD, cfg), jnp.floor(k_B), cfg.kmax, mesh), k_B
 
 

@@ -112,6 +112,20 @@ def topk_acts(pre_BF, count_B, max_k: int, mesh: Mesh | None):
   return jax.shard_map(fn, mesh=mesh, in_specs=(ROWS, ROW), out_specs=ROWS, check_vma=False)(pre_BF, count_B)
 
 
+def top_values(pre_BF, m: int, mesh: Mesh | None):
+  """The ``m`` largest entries of each row, sorted in decreasing order, [B, m] (no gradient): on a
+  latent-sharded mesh from each shard's own top ``m`` (an all-gather of [b, S*m], never of [b, F])."""
+  pre_BF = lax.stop_gradient(pre_BF)
+  if _local(mesh):
+    return lax.top_k(pre_BF, m)[0]
+
+  def shard(pre_bf):
+    local_bK = lax.top_k(pre_bf, min(m, pre_bf.shape[1]))[0]
+    return lax.top_k(lax.all_gather(local_bK, "model", axis=1, tiled=True), m)[0]
+
+  return jax.shard_map(shard, mesh=mesh, in_specs=ROWS, out_specs=P("data", None), check_vma=False)(pre_BF)
+
+
 def decode_kept(vals_BK, idx_BK, w_dec_FD, num_f: int, *, stop: bool = False, dense_decode: bool = False,
                 sparse_grad: bool = False):
   """One device's decode of selected entries (vals_BK, idx_BK): ``(dec_BD, acts_BF)`` as :func:`topk_decode`."""

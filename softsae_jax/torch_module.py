@@ -14,7 +14,9 @@ hook_name, hook_layer, d_in, d_sae, dtype string, context_size, prepend_bos)::
 The encoders follow SAELens's semantics for the file's ``architecture``: ``standard``
 relu((x - b_dec) W_enc + b_enc); ``topk`` its k largest (rescaled by the decoder row norms when
 ``rescale_acts_by_decoder_norm``); ``jumprelu`` relu(pre) where pre > threshold; ``softsae`` the
-floor(k-hat) largest, k-hat = clamp(k_max sigmoid(w_k2 . relu((x - b_dec) W_k1 + b_k1) + b_k2), 1, d_sae).
+floor(k-hat) largest, k-hat = clamp(k_max sigmoid(w_k2 . relu((x - b_dec) W_k1 + b_k1) + b_k2), 1, d_sae)
+(cfg ``k_input: "top_acts"``: relu(top_M(relu(pre)) W_k1 + b_k1) instead, the M = min(k_max + 16, d_sae)
+largest activations sorted in decreasing order).
 
 :func:`register_with_sae_lens` registers a SAELens SAE class for architecture ``softsae`` so that
 ``sae_lens.SAE.load_from_disk`` reads our SoftSAE exports too (the built-in architectures need nothing).
@@ -76,6 +78,7 @@ class SaeConfig:
   exclude_special_tokens: Any = False
   k: int | None = None
   k_max: int | None = None
+  k_input: str = "x"
   rescale_acts_by_decoder_norm: bool = False
   metadata: Any = None
   sae_lens_metadata: dict = dataclasses.field(default_factory=dict)
@@ -123,6 +126,8 @@ class SaeModule(nn.Module):
       raise ValueError(f"{path}/cfg.json: architecture {arch!r} is not supported (expected one of {ARCHITECTURES})")
     if raw.get("normalize_activations", "none") not in ("none", None):
       raise ValueError(f"{path}/cfg.json: normalize_activations {raw['normalize_activations']!r} is not supported")
+    if raw.get("k_input", "x") not in ("x", "top_acts"):
+      raise ValueError(f"{path}/cfg.json: k_input {raw['k_input']!r} is not supported (expected 'x' or 'top_acts')")
     tensors = load_file(os.path.join(path, "sae_weights.safetensors"), device=str(device))
     need = ("W_enc", "b_enc", "W_dec", "b_dec") + _EXTRA[arch]
     missing = [n for n in need if n not in tensors]
@@ -140,7 +145,7 @@ class SaeModule(nn.Module):
                     activation_fn_str="topk" if arch in ("topk", "softsae") else "relu",
                     prepend_bos=True if bos is None else bool(bos), dataset_path=md.get("dataset_path") or "",
                     hf_hook_name=md.get("hf_hook_name"), exclude_special_tokens=md.get("exclude_special_tokens", False),
-                    k=raw.get("k"), k_max=raw.get("k_max"),
+                    k=raw.get("k"), k_max=raw.get("k_max"), k_input=raw.get("k_input", "x"),
                     rescale_acts_by_decoder_norm=bool(raw.get("rescale_acts_by_decoder_norm", False)),
                     sae_lens_metadata=dict(md))
     cfg.metadata = Metadata(context_size=context, hook_name=hook, hook_head_index=cfg.hook_head_index,
@@ -161,9 +166,8 @@ class SaeModule(nn.Module):
     """SoftSAE's k-hat per row [...] (real-valued; a row keeps its floor(k-hat) largest activations)."""
     if self.cfg.architecture != "softsae":
       raise ValueError(f"estimate_k is SoftSAE's; this SAE is {self.cfg.architecture!r}")
-    h = torch.relu(self._sae_in(x) @ self.W_k1 + self.b_k1)
-    logit = h @ self.w_k2 + self.b_k2
-    return torch.clamp(self.cfg.k_max * torch.sigmoid(logit), 1.0, float(self.cfg.d_sae))
+    sae_in = self._sae_in(x)
+    return _k_hat(self, sae_in, sae_in @ self.W_enc + self.b_enc)
 
   def encode(self, x: torch.Tensor) -> torch.Tensor:
     """Raw-unit codes [..., d_sae] of raw activations [..., d_in]."""
@@ -218,6 +222,20 @@ def _keep_top(acts: torch.Tensor, count: torch.Tensor, max_k: int) -> torch.Tens
   return torch.zeros_like(acts).scatter(-1, idx, vals * keep)
 
 
+def _k_hat(m, sae_in: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+  """k-hat of module ``m`` (W_k1, b_k1, w_k2, b_k2, cfg.k_max, cfg.d_sae, cfg.k_input) from its input
+  ``sae_in`` (x - b_dec) and its encoder pre-activations ``pre``."""
+  k_input = getattr(m.cfg, "k_input", "x")
+  if k_input == "top_acts":
+    feats = torch.topk(torch.relu(pre), m.W_k1.shape[0], dim=-1).values
+  elif k_input == "x":
+    feats = sae_in
+  else:
+    raise ValueError(f"k_input {k_input!r} is not supported (expected 'x' or 'top_acts')")
+  logit = torch.relu(feats @ m.W_k1 + m.b_k1) @ m.w_k2 + m.b_k2
+  return torch.clamp(m.cfg.k_max * torch.sigmoid(logit), 1.0, float(m.cfg.d_sae))
+
+
 # ------------------------------------------------------------------------------------- SAELens
 
 
@@ -242,6 +260,8 @@ def register_with_sae_lens() -> tuple[Any, Any]:
 
     k: int = 32
     k_max: int = 64
+    k_input: str = "x"  # "top_acts": the estimator reads the top min(k_max + 16, d_sae) activations
+    k_hidden: int = 128  # the "top_acts" estimator's hidden width
 
     @classmethod
     def architecture(cls) -> str:
@@ -255,24 +275,21 @@ def register_with_sae_lens() -> tuple[Any, Any]:
       kw = {"dtype": self.dtype, "device": self.device}
       d, f = self.cfg.d_in, self.cfg.d_sae
       self.b_enc = nn.Parameter(torch.zeros(f, **kw))
-      self.W_k1 = nn.Parameter(torch.zeros(d, f, **kw))
-      self.b_k1 = nn.Parameter(torch.zeros(f, **kw))
-      self.w_k2 = nn.Parameter(torch.zeros(f, **kw))
+      m, h = (min(self.cfg.k_max + 16, f), self.cfg.k_hidden) if self.cfg.k_input == "top_acts" else (d, f)
+      self.W_k1 = nn.Parameter(torch.zeros(m, h, **kw))
+      self.b_k1 = nn.Parameter(torch.zeros(h, **kw))
+      self.w_k2 = nn.Parameter(torch.zeros(h, **kw))
       self.b_k2 = nn.Parameter(torch.zeros((), **kw))
 
     def estimate_k(self, x: torch.Tensor) -> torch.Tensor:
       sae_in = self.process_sae_in(x)
-      return self._k_hat(sae_in)
-
-    def _k_hat(self, sae_in: torch.Tensor) -> torch.Tensor:
-      logit = torch.relu(sae_in @ self.W_k1 + self.b_k1) @ self.w_k2 + self.b_k2
-      return torch.clamp(self.cfg.k_max * torch.sigmoid(logit), 1.0, float(self.cfg.d_sae))
+      return _k_hat(self, sae_in, sae_in @ self.W_enc + self.b_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
       sae_in = self.process_sae_in(x)
       pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
       k_max = min(int(self.cfg.k_max), self.cfg.d_sae)
-      return self.hook_sae_acts_post(_keep_top(torch.relu(pre), torch.floor(self._k_hat(sae_in)), k_max))
+      return self.hook_sae_acts_post(_keep_top(torch.relu(pre), torch.floor(_k_hat(self, sae_in, pre)), k_max))
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
       out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)

@@ -35,11 +35,12 @@ class Params(NamedTuple):
 
 
 class KEstimator(NamedTuple):
-  """SoftSAE's k-estimator MLP D -> F -> 1: k-hat = k_max * sigmoid(w_k2 . ReLU((x - b_dec) w_k1 + b_k1) + b_k2)."""
+  """SoftSAE's k-estimator MLP D -> F -> 1: k-hat = k_max * sigmoid(w_k2 . ReLU((x - b_dec) w_k1 + b_k1) + b_k2);
+  with ``sae.k_input=top_acts`` M -> H -> 1 on the M largest pre-activations (M = k_max + 16, H = k_hidden)."""
 
-  w_k1: Array  # [D, F]
-  b_k1: Array  # [F]
-  w_k2: Array  # [F]
+  w_k1: Array  # [D, F] (top_acts: [M, H])
+  b_k1: Array  # [F] (top_acts: [H])
+  w_k2: Array  # [F] (top_acts: [H])
   b_k2: Array  # []
 
 

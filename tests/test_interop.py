@@ -38,7 +38,14 @@ needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reas
 D = 16
 SOURCE = {"model": "gpt2", "layer": 3, "site": "block_output", "hidden_states_index": 4, "seq_len": 64,
           "model_type": "gpt2", "special_tokens": {"prefix": [50256], "suffix": []}}
-DL_ARCHS = ("softsae", "topk", "batchtopk", "matryoshka", "relu")
+DL_ARCHS = ("softsae-x", "topk", "batchtopk", "matryoshka", "relu")
+# The trained runs: every arch at its defaults, plus "softsae-x", SoftSAE with the authors' k-estimator
+# (sae.k_input=x; the default reads the top activations, which the authors' dictionary_learning class cannot).
+RUN_NAMES = config_lib.ARCHS + ("softsae-x",)
+
+
+def arch_of(name):
+  return name.split("-")[0]
 
 
 def env1():
@@ -78,30 +85,37 @@ def keep_top(acts, count):
 # ------------------------------------------------------------------------------------ hand-made files
 
 
-def write_saelens_softsae(path, rng, d=D, f=64, k=3, k_max=6, hook="blocks.5.hook_resid_post"):
-  """A SAELens-format SoftSAE folder (our layout) with random weights; returns its tensors."""
+def write_saelens_softsae(path, rng, d=D, f=64, k=3, k_max=6, hook="blocks.5.hook_resid_post", k_input="x"):
+  """A SAELens-format SoftSAE folder (our layout) with random weights; returns its tensors.
+  ``k_input="top_acts"``: the estimator reads the top k_max + 16 activations (hidden width 5)."""
   os.makedirs(path)
   w_dec = unit_rows(rng, f, d)
+  m, h = (d, f) if k_input == "x" else (min(k_max + 16, f), 5)
   t = {"W_enc": (w_dec.T + 0.1 * rng.normal(size=(d, f))).astype(np.float32),
        "b_enc": (0.1 * rng.normal(size=f)).astype(np.float32), "W_dec": w_dec,
        "b_dec": (0.5 * rng.normal(size=d)).astype(np.float32),
-       "W_k1": (0.3 * rng.normal(size=(d, f))).astype(np.float32), "b_k1": (0.1 * rng.normal(size=f)).astype(np.float32),
-       "w_k2": (0.3 * rng.normal(size=f)).astype(np.float32), "b_k2": np.asarray(0.2, np.float32)}
+       "W_k1": (0.3 * rng.normal(size=(m, h))).astype(np.float32), "b_k1": (0.1 * rng.normal(size=h)).astype(np.float32),
+       "w_k2": (0.3 * rng.normal(size=h)).astype(np.float32), "b_k2": np.asarray(0.2, np.float32)}
   save_file(t, os.path.join(path, "sae_weights.safetensors"))
   cfg = {"d_in": d, "d_sae": f, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
          "normalize_activations": "none", "reshape_activations": "none", "architecture": "softsae", "k": k,
          "k_max": k_max, "metadata": {"sae_lens_version": "6.0.0", "model_name": "gpt2", "hook_name": hook,
                                       "context_size": 128, "prepend_bos": True}}
+  if k_input != "x":
+    cfg.update(k_input=k_input, k_hidden=h)
   with open(os.path.join(path, "cfg.json"), "w") as fh:
     json.dump(cfg, fh)
   return t, cfg
 
 
 def softsae_reference(t, x, k_max):
-  """NumPy reference of our SoftSAE encode/decode in raw units (SAELens layout tensors)."""
+  """NumPy reference of our SoftSAE encode/decode in raw units (SAELens layout tensors); the estimator
+  reads x - b_dec, or, when W_k1 has another row count than D (k_input=top_acts), the sorted top activations."""
   sae_in = x.astype(np.float64) - t["b_dec"]
   pre = np.maximum(sae_in @ t["W_enc"] + t["b_enc"], 0.0)
-  logit = np.maximum(sae_in @ t["W_k1"] + t["b_k1"], 0.0) @ t["w_k2"] + t["b_k2"]
+  m = t["W_k1"].shape[0]
+  feats = sae_in if m == x.shape[1] else -np.sort(-pre, axis=1)[:, :m]
+  logit = np.maximum(feats @ t["W_k1"] + t["b_k1"], 0.0) @ t["w_k2"] + t["b_k2"]
   k_hat = np.clip(k_max / (1.0 + np.exp(-logit)), 1.0, pre.shape[-1])
   codes = keep_top(pre, np.floor(k_hat))
   return codes, codes @ t["W_dec"] + t["b_dec"], k_hat
@@ -198,14 +212,16 @@ def test_gemmascope_folds_b_dec_and_matches_its_forward(tmp_path, capsys):
 
 
 @needs_torch
-def test_saelens_softsae_folder_torch_module_and_jax_agree(tmp_path, capsys):
-  """A hand-written SAELens SoftSAE folder: NumPy reference == torch module == imported JAX workdir."""
+@pytest.mark.parametrize("k_input", ["x", "top_acts"])
+def test_saelens_softsae_folder_torch_module_and_jax_agree(tmp_path, capsys, k_input):
+  """A hand-written SAELens SoftSAE folder: NumPy reference == torch module == imported JAX workdir,
+  whose export writes the same folder back."""
   import torch
 
   from softsae_jax.torch_module import SaeModule
 
   rng = np.random.default_rng(2)
-  t, _ = write_saelens_softsae(str(tmp_path / "sl"), rng)
+  t, _ = write_saelens_softsae(str(tmp_path / "sl"), rng, k_input=k_input)
   x = (2.0 * rng.normal(size=(64, D))).astype(np.float32)
   codes, recon, k_hat = softsae_reference(t, x, 6)
   assert len(np.unique(np.floor(k_hat))) > 1  # k varies per row
@@ -223,6 +239,20 @@ def test_saelens_softsae_folder_torch_module_and_jax_agree(tmp_path, capsys):
   assert rel(got.codes, tc) <= 1e-5 and rel(got.recon, recon) <= 1e-5
   np.testing.assert_array_equal(got.codes != 0, codes != 0)
   assert np.abs(got.k - k_hat).max() <= 1e-5
+  imported = softsae_jax.load(str(wd)).cfg.sae
+  assert (imported.k_input, imported.k_max) == (k_input, 6) and (k_input == "x" or imported.k_hidden == 5)
+  rc, err = cli(capsys, "convert", "--workdir", wd, "--to", "saelens", "--out", tmp_path / "back")
+  assert rc == 0, err
+  from safetensors.numpy import load_file
+
+  back = load_file(str(tmp_path / "back" / "sae_weights.safetensors"))
+  assert all(np.array_equal(back[n], np.asarray(a, np.float32)) for n, a in t.items())
+  cfg_back = json.load(open(tmp_path / "back" / "cfg.json"))
+  assert cfg_back.get("k_input", "x") == k_input and cfg_back["k_max"] == 6
+  if k_input == "top_acts":  # the authors' dictionary_learning class has no such estimator: refused
+    rc, err = cli(capsys, "convert", "--workdir", wd, "--to", "dictionary_learning", "--out", tmp_path / "dl")
+    assert rc == 1 and "k_input=top_acts" in err and "--to saelens" in err and not (tmp_path / "dl").exists()
+    return
   # SAEBench's duck type
   assert (mod.cfg.hook_layer, mod.cfg.hook_name, mod.cfg.model_name) == (5, "blocks.5.hook_resid_post", "gpt2")
   assert (mod.cfg.d_in, mod.cfg.d_sae, mod.cfg.context_size, mod.cfg.prepend_bos) == (D, 64, 128, True)
@@ -394,8 +424,9 @@ class Runs:
 
   def workdir(self, arch):
     if arch not in self._wd:
-      cfg = config_lib.apply_overrides(config_lib.Config(), [
-          f"sae.arch={arch}", "sae.k=3", "sae.expansion=4", "train.steps=30", "train.batch_size=64",
+      more = ["sae.k_input=x"] if arch == "softsae-x" else []
+      cfg = config_lib.apply_overrides(config_lib.Config(), more + [
+          f"sae.arch={arch_of(arch)}", "sae.k=3", "sae.expansion=4", "train.steps=30", "train.batch_size=64",
           "train.log_every=10", "data.prefetch=0", "sae.threshold_start_frac=0.1", "train.hard_frac=0.2"])
       wd = os.path.join(self.root, arch)
       trainer.train(self.acts, wd, cfg, progress=False, log=lambda m: None)
@@ -424,7 +455,7 @@ def same_files(a, b):
 
 @needs_torch
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", config_lib.ARCHS)
+@pytest.mark.parametrize("arch", RUN_NAMES)
 def test_export_import_export_is_bitwise_and_inference_equal(arch, runs, tmp_path, capsys):
   x = runs.x[:512]
   orig = softsae_jax.load(runs.workdir(arch))
@@ -433,7 +464,7 @@ def test_export_import_export_is_bitwise_and_inference_equal(arch, runs, tmp_pat
   for fmt in interop.EXPORT_FORMATS:
     if fmt == "dictionary_learning" and arch not in DL_ARCHS:
       rc, err = cli(capsys, "convert", "--workdir", runs.workdir(arch), "--to", fmt, "--out", tmp_path / "no")
-      assert rc == 1 and "no dictionary_learning layout" in err
+      assert rc == 1 and ("k_input=top_acts" if arch == "softsae" else "no dictionary_learning layout") in err
       continue
     out1, wd2, out2 = runs.export(arch, fmt), tmp_path / f"{fmt}.wd", tmp_path / f"{fmt}.out2"
     rc, err = cli(capsys, "convert", "--from", fmt, "--in", out1, "--workdir", wd2)
@@ -442,11 +473,12 @@ def test_export_import_export_is_bitwise_and_inference_equal(arch, runs, tmp_pat
     assert rc == 0, err
     same_files(out1, out2)
     imp = softsae_jax.load(str(wd2))
-    assert imp.arch == arch and imp.step == orig.step
+    assert imp.arch == arch_of(arch) and imp.step == orig.step
+    assert (imp.cfg.sae.k_input, imp.cfg.sae.k_hidden) == (orig.cfg.sae.k_input, orig.cfg.sae.k_hidden)
     got = imp.infer(x)
     assert rel(got.recon, ref.recon) <= 1e-6 and rel(got.codes, ref.codes) <= 1e-6, fmt
     np.testing.assert_array_equal(got.codes != 0, ref.codes != 0)
-    if arch == "softsae":
+    if arch_of(arch) == "softsae":
       assert np.abs(got.k - ref.k).max() <= 1e-5
       # dictionary_learning stores the normalised weights and the norm factor, as the authors' class does
       assert imp.norm_factor == (orig.norm_factor if fmt == "dictionary_learning" else 1.0)
@@ -495,7 +527,7 @@ def test_saelens_metadata_sparsity_and_imported_workdir_in_the_cli(runs, tmp_pat
 
 @needs_torch
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", config_lib.ARCHS)
+@pytest.mark.parametrize("arch", RUN_NAMES)
 def test_torch_module_and_flax_adapter_match_the_engine(arch, runs):
   import torch
 
@@ -512,7 +544,7 @@ def test_torch_module_and_flax_adapter_match_the_engine(arch, runs):
       codes = mod.encode(xt).numpy().reshape(240, -1)
       assert rel(codes, ref.codes) <= 1e-5 and rel(mod.decode(mod.encode(xt)).numpy().reshape(240, D), ref.recon) <= 1e-5
       np.testing.assert_array_equal(codes != 0, ref.codes != 0)
-    if arch == "softsae":
+    if arch_of(arch) == "softsae":
       assert np.abs(mod.estimate_k(torch.from_numpy(x)).numpy() - ref.k).max() <= 1e-5
   sae = SaeSplice(model)
   h = jnp.asarray(x.reshape(8, 30, D))
@@ -532,13 +564,23 @@ def test_real_sae_lens_loads_our_exports(runs, tmp_path):
   expect = {"topk": "TopKSAE", "relu": "StandardSAE", "jumprelu": "JumpReLUSAE", "batchtopk": "JumpReLUSAE",
             "matryoshka": "JumpReLUSAE", "softsae": "SoftSAELens"}
   cases = []
-  for arch in config_lib.ARCHS:
+  for arch in RUN_NAMES:
     inf = softsae_jax.load(runs.workdir(arch)).infer(runs.x[:200])
     paths = {}
     for name, arr in (("x", runs.x[:200]), ("codes", inf.codes), ("recon", inf.recon)):
       paths[name] = str(tmp_path / f"{arch}.{name}.npy")
       np.save(paths[name], np.asarray(arr, np.float32))
-    cases.append({"dir": runs.export(arch, "saelens"), "softsae": arch == "softsae", **paths})
+    cases.append({"dir": runs.export(arch, "saelens"), "softsae": arch_of(arch) == "softsae", **paths})
+  # SoftSAE with sae.k_input=top_acts (a hand-written folder, NumPy reference)
+  rng = np.random.default_rng(11)
+  t, _ = write_saelens_softsae(str(tmp_path / "top_acts"), rng, k_input="top_acts")
+  xs = (2.0 * rng.normal(size=(64, D))).astype(np.float32)
+  codes, recon, _ = softsae_reference(t, xs, 6)
+  paths = {}
+  for name, arr in (("x", xs), ("codes", codes), ("recon", recon)):
+    paths[name] = str(tmp_path / f"top_acts.{name}.npy")
+    np.save(paths[name], np.asarray(arr, np.float32))
+  cases.append({"dir": str(tmp_path / "top_acts"), "softsae": True, **paths})
   spec = tmp_path / "spec.json"
   spec.write_text(json.dumps({"repo": REPO, "cases": cases}))
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS", "JAX_PLATFORMS")}
@@ -548,12 +590,13 @@ def test_real_sae_lens_loads_our_exports(runs, tmp_path):
   out = json.loads(r.stdout.strip().splitlines()[-1])
   print("sae-lens", out["sae_lens_version"])
   assert not out["jax_imported"]
-  for arch, res in zip(config_lib.ARCHS, out["cases"]):
-    assert res["class"] == expect[arch], (arch, res)
+  assert len(out["cases"]) == len(RUN_NAMES) + 1
+  for arch, res in zip(RUN_NAMES + ("softsae",), out["cases"]):
+    assert res["class"] == expect[arch_of(arch)], (arch, res)
     assert res["codes_rel"] <= 1e-5 and res["recon_rel"] <= 1e-5 and res["support_equal"], (arch, res)
     assert res["fold_raised"] is None and res["recon_rel_after_fold"] <= 1e-5, (arch, res)
     assert res["module_codes_rel"] <= 1e-5 and res["module_recon_rel"] <= 1e-5, (arch, res)
-    if arch == "softsae":
+    if arch_of(arch) == "softsae":
       assert res["loads_before_register"] is False and res["register_idempotent"], res
 
 
@@ -598,7 +641,7 @@ def test_dictionary_learning_files_follow_their_classes(arch, runs):
   out = runs.export(arch, "dictionary_learning")
   sd = torch.load(os.path.join(out, "ae.pt"), weights_only=True)
   cfg = json.load(open(os.path.join(out, "config.json")))
-  dict_class, trainer_class = LAYOUT[arch]
+  dict_class, trainer_class = LAYOUT[arch_of(arch)]
   assert (cfg["trainer"]["dict_class"], cfg["trainer"]["trainer_class"]) == (dict_class, trainer_class)
   assert (cfg["trainer"]["activation_dim"], cfg["trainer"]["dict_size"]) == (D, 4 * D)
   assert (cfg["trainer"]["layer"], cfg["trainer"]["lm_name"]) == (3, "gpt2")

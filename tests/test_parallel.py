@@ -99,7 +99,10 @@ D, FS, BS = 16, 256, 64
 
 
 def step_cfg(arch, steps=40):
-  sets = [f"sae.arch={arch}", "sae.k=4", f"sae.n_latents={FS}", f"train.batch_size={BS}", f"train.steps={steps}",
+  more = []
+  if arch == "softsae-top_acts":  # SoftSAE whose k-estimator reads the top activations (sae.k_input)
+    arch, more = "softsae", ["sae.k_input=top_acts", "sae.k_hidden=8"]
+  sets = more + [f"sae.arch={arch}", "sae.k=4", f"sae.n_latents={FS}", f"train.batch_size={BS}", f"train.steps={steps}",
           "sae.dead_tokens=128", "train.hard_frac=0.25", "train.lr=3e-3"]
   return config_lib.apply_overrides(config_lib.Config(), sets).resolve(D)
 
@@ -119,7 +122,7 @@ def run_steps(cfg, mesh, n):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", config_lib.ARCHS)
+@pytest.mark.parametrize("arch", config_lib.ARCHS + ("softsae-top_acts",))
 def test_sharded_step_trains_like_one_device(arch):
   """One step: max |Δparam| ≤ 1e-5; 40 steps (AuxK on, SoftSAE's hard phase included): FVU within 1%."""
   cfg = step_cfg(arch)
@@ -149,7 +152,7 @@ def test_sharded_baseline_k_anneal_trains_like_one_device(arch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", [(1, 4), (4, 1)])
-@pytest.mark.parametrize("arch", ["softsae", "topk", "batchtopk", "relu", "jumprelu"])
+@pytest.mark.parametrize("arch", ["softsae", "softsae-top_acts", "topk", "batchtopk", "relu", "jumprelu"])
 def test_compiled_step_gathers_no_latent_sized_array(arch, mesh_shape):
   """On the (1, 4) and (4, 1) meshes the step's all-gathers carry candidates ([B, S*M]) or batch top-k
   values, never an [.., F] array. (Matryoshka's nested-prefix decodes are left to GSPMD, which gathers

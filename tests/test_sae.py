@@ -75,7 +75,7 @@ def np_softsae(p, x, cfg, alpha, budget, dead):
 
 @pytest.fixture(scope="module")
 def setup():
-  cfg = SaeConfig(arch="softsae", d_in=D, n_latents=F, k=3, k_max=6, top_k_aux=4, soft_grad="faithful")
+  cfg = SaeConfig(arch="softsae", d_in=D, n_latents=F, k=3, k_max=6, top_k_aux=4, soft_grad="faithful", k_input="x")
   p32, p64 = random_params(cfg)
   x = np.random.default_rng(1).normal(size=(B, D)).astype(np.float32)
   return cfg, p32, p64, x
@@ -152,7 +152,7 @@ def test_auxk_is_exactly_zero_without_dead_latents(setup):
 
 
 def test_init_follows_the_method():
-  cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4)
+  cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4, k_input="x")  # the authors' estimator
   p = init_params(jax.random.key(0), cfg)
   np.testing.assert_allclose(np.linalg.norm(p.w_dec, axis=1), 1.0, rtol=1e-6)
   np.testing.assert_array_equal(p.w_enc, p.w_dec.T)
@@ -257,3 +257,60 @@ def test_sparse_decode_matches_dense_values_and_gradients():
   gs, gd = jax.grad(f_sparse, (0, 1))(w, pre), jax.grad(f_dense, (0, 1))(w, pre)
   for a, b in zip(gs, gd):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("soft_grad", ["stop", "faithful"])
+def test_alpha_k_moves_only_the_khat_gradient(setup, soft_grad):
+  """sae.alpha_k: the forward and the encoder/decoder gradients are those at alpha; k-hat's gradient is
+  the one of a soft top-k at the softer alpha_k (stopped scores), not at alpha."""
+  import dataclasses
+
+  cfg, p32, _, x = setup
+  base = dataclasses.replace(cfg, soft_grad=soft_grad)
+  dec = dataclasses.replace(base, alpha_k=0.5)
+  xj, alpha = jnp.asarray(x), 0.05
+  v = jnp.asarray(np.random.default_rng(9).normal(size=(B, D)), jnp.float32)
+
+  def loss(params, c):
+    return jnp.sum(decode(params, encode(params, xj, c, train=True, alpha=alpha).acts_BF, c) * v)
+
+  np.testing.assert_array_equal(encode(p32, xj, dec, train=True, alpha=alpha).acts_BF,
+                                encode(p32, xj, base, train=True, alpha=alpha).acts_BF)
+  g0, g1 = jax.grad(loss)(p32, base), jax.grad(loss)(p32, dec)
+  for name in ("w_enc", "b_enc", "w_dec"):
+    np.testing.assert_allclose(getattr(g1, name), getattr(g0, name), rtol=1e-5, atol=1e-6)
+
+  from softsae_jax.topk import soft_topk
+
+  def ref_k_loss(extra):  # k-hat's path alone, through a soft top-k at alpha_k = 0.5
+    params = p32._replace(extra=extra)
+    pre = jax.lax.stop_gradient(pre_acts(p32, xj, base))
+    w = soft_topk(pre, estimate_k(params, xj, base), 0.5, max_k=base.kmax)
+    return jnp.sum(decode(p32, pre * w, base) * v)
+
+  g_ref = jax.grad(ref_k_loss)(p32.extra)
+  for name in ("w_k1", "b_k1", "w_k2", "b_k2"):
+    np.testing.assert_allclose(getattr(g1.extra, name), getattr(g_ref, name), rtol=1e-4, atol=1e-6)
+  assert float(jnp.abs(g1.extra.w_k2 - g0.extra.w_k2).max()) > 1e-4  # and it is not the one at alpha
+
+
+def test_top_acts_estimator_reads_the_sorted_top_preactivations():
+  """sae.k_input=top_acts: k-hat = clamp(k_max sigmoid(w2 . ReLU(top_M(pre) W1 + b1) + b2), 1, F) with
+  M = k_max + 16 sorted pre-activations, float64 reference; no gradient reaches the SAE's own weights."""
+  cfg = SaeConfig(arch="softsae", d_in=8, n_latents=40, k=3, k_max=6, k_input="top_acts", k_hidden=5)
+  p32, p64 = random_params(cfg, seed=7)
+  m = cfg.kmax + 16
+  assert p32.extra.w_k1.shape == (m, 5) and p32.extra.b_k1.shape == (5,) and p32.extra.w_k2.shape == (5,)
+  x = np.random.default_rng(8).normal(size=(B, 8))
+  pre = np.maximum((x - p64.b_dec) @ p64.w_enc + p64.b_enc, 0)
+  top = -np.sort(-pre, axis=1)[:, :m]
+  h = np.maximum(top @ p64.extra.w_k1 + p64.extra.b_k1, 0)
+  ref = np.clip(cfg.kmax / (1 + np.exp(-(h @ p64.extra.w_k2 + p64.extra.b_k2))), 1, 40)
+  xj = jnp.asarray(x, jnp.float32)
+  np.testing.assert_allclose(estimate_k(p32, xj, cfg), ref, rtol=1e-5)
+  g = jax.grad(lambda p: jnp.sum(estimate_k(p, xj, cfg)))(p32)
+  assert all(float(jnp.abs(getattr(g, n)).max()) == 0.0 for n in ("w_enc", "b_enc", "w_dec", "b_dec"))
+  assert float(jnp.abs(g.extra.w_k1).max()) > 0
+  # Capped at F: M = min(k_max + 16, F).
+  small = SaeConfig(arch="softsae", d_in=8, n_latents=12, k=3, k_max=6, k_input="top_acts", k_hidden=5)
+  assert init_params(jax.random.key(0), small).extra.w_k1.shape == (12, 5)

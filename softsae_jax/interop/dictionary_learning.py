@@ -77,6 +77,9 @@ def state_dict(t: Trained) -> dict[str, Any]:
 
   k = torch.tensor(sae.k, dtype=torch.int32)
   if t.arch == "softsae":
+    if sae.k_input != "x":
+      raise ConvertError(f"sae.k_input={sae.k_input}: the authors' SoftSAE class (dictionary_learning) has only the "
+                         "estimator that reads x; use --to saelens")
     if not 0.0 < sae.alpha < 1.0:
       raise ConvertError(f"sae.alpha={sae.alpha}: the authors' SoftSAE asserts 0 < alpha < 1")
     e = t.extra

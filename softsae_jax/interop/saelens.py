@@ -14,7 +14,10 @@ batchtopk, matryoshka        jumprelu        threshold·n broadcast to [F] (SAEL
                                              BatchTopK this way)
 softsae                      softsae         W_k1 = w_k1/n [D,F], b_k1 [F], w_k2 [F], b_k2 [] (cfg
                                              ``k``, ``k_max``); a custom class: see
-                                             :func:`softsae_jax.torch_module.register_with_sae_lens`
+                                             :func:`softsae_jax.torch_module.register_with_sae_lens`.
+                                             ``sae.k_input=top_acts``: W_k1 = w_k1/n [M,H], b_k1 [H],
+                                             w_k2 [H], b_k2 [], M = min(k_max + 16, F), cfg
+                                             ``k_input: "top_acts"``, ``k_hidden: H``
 ===========================  ==============  ===================================================
 
 ``cfg.json`` is SAELens's ``SAEConfig.to_dict()`` layout: d_in, d_sae, dtype, device,
@@ -78,6 +81,8 @@ def export(t: Trained, out: str, *, metadata: dict[str, Any], block: dict[str, A
     tensors.update(W_k1=t.extra["w_k1"] / n, b_k1=t.extra["b_k1"], w_k2=t.extra["w_k2"],
                    b_k2=np.asarray(t.extra["b_k2"], np.float32).reshape(()))
     cfg.update(k=sae.k, k_max=sae.kmax)
+    if sae.k_input != "x":  # the authors' estimator (x) adds no fields: those exports are unchanged
+      cfg.update(k_input=sae.k_input, k_hidden=sae.k_hidden)
   cfg["metadata"] = {"sae_lens_version": SAE_LENS_FORMAT_VERSION, "sae_lens_training_version": None,
                      **metadata, BLOCK: block}
   tensors = {k: np.array(v, np.float32, order="C") for k, v in tensors.items()}
@@ -146,6 +151,13 @@ def import_(in_dir: str) -> Imported:
   ts = {n: as_f32(w_path, n, tensors[n]) for n in want}
   shapes = {"W_enc": (d, f), "b_enc": (f,), "W_dec": (f, d), "b_dec": (d,), "threshold": (f,), "W_k1": (d, f),
             "b_k1": (f,), "w_k2": (f,), "b_k2": ()}
+  k_input = raw.get("k_input", "x")
+  if arch == "softsae" and k_input != "x":
+    k_max, h = raw.get("k_max"), raw.get("k_hidden")
+    if k_input != "top_acts" or not isinstance(k_max, int) or not isinstance(h, int) or h < 1:
+      raise ConvertError(f"{cfg_path}: k_input must be 'x' or 'top_acts' (with integer k_max and k_hidden >= 1); "
+                         f"got k_input={k_input!r}, k_max={k_max!r}, k_hidden={h!r}")
+    shapes.update(W_k1=(min(k_max + 16, f), h), b_k1=(h,), w_k2=(h,))
   for name, a in ts.items():
     if name == "b_k2" and a.shape == (1,):
       a = ts[name] = a.reshape(())
@@ -173,8 +185,9 @@ def import_(in_dir: str) -> Imported:
     k, k_max = raw.get("k"), raw.get("k_max")
     if not isinstance(k, int) or not isinstance(k_max, int):
       raise ConvertError(f"{cfg_path}: fields k and k_max must be integers, got {k!r}, {k_max!r}")
-    cfg = (config_from_block(block, "softsae", d, f, k=k, k_max=k_max)
-           or make_config("softsae", d, f, k=k, k_max=k_max, where=cfg_path))
+    est_kw = {"k_input": k_input} if k_input == "x" else {"k_input": k_input, "k_hidden": ts["b_k1"].shape[0]}
+    cfg = (config_from_block(block, "softsae", d, f, k=k, k_max=k_max, **est_kw)
+           or make_config("softsae", d, f, k=k, k_max=k_max, where=cfg_path, **est_kw))
     extra = KEstimator(w_k1=ts["W_k1"], b_k1=ts["b_k1"], w_k2=ts["w_k2"], b_k2=ts["b_k2"])
   elif arch == "jumprelu":
     thr = ts["threshold"]
