@@ -207,14 +207,19 @@ def _softsae_soft_candidates(params, x_BD, valid_B, alpha, kmax, k_loss, sae: Sa
 
   The encoder's forward stays dense (every pre-activation is a score) and yields the top-M
   candidates (:func:`softsae_jax.sae.encode_top`); the k-estimator is unchanged. When the tail outside
-  the candidates is negligible in every row of the batch (``negligible`` of
-  :func:`softsae_jax.topk.soft_topk_candidates`: its weights and densities below 1e-10 in total), the
-  codes exist at the candidates only, ``acts_BM = pre_BM * w_BM``, and are decoded by per-slot gathers;
+  the candidates takes no part in every row of the batch, the codes exist at the candidates only,
+  ``acts_BM = pre_BM * w_BM``, and are decoded by per-slot gathers;
   dW_dec, dW_enc, d b_enc, d b_dec and d x are formed from the B*M candidates (``sparse_decode``'s and
   ``encode_top``'s backwards: B*M*D work instead of three B*F*D matmuls). Otherwise (large alpha,
   early in the anneal) it is the dense soft phase on the same pre-activations. One ``lax.cond`` inside
   the jitted step decides per batch. With ``sae.soft_grad='stop'`` the scores carry no gradient; with
   'faithful' the soft top-k's gradient w.r.t. them reaches the encoder at the candidates.
+
+  "Takes no part": the candidates' weights and their gradients are exact (``exact`` of
+  :func:`softsae_jax.topk.soft_topk_candidates`) and each row's tail either weighs below 1e-10 in total
+  (weight and density, ``tail_negligible``) or is all zeros: ReLU outputs below a smallest candidate of
+  0 (rows with fewer than M positive pre-activations), whose acts are 0 whatever their weights and
+  which ReLU passes no gradient; their density still enters dL/dk, through the solve's total.
 
   ``acts_BF`` (read only by the statistics: fired latents, L0) is pre * the soft top-k's full weights
   from the same solution, without gradient: the dense phase's values, including tail weights that are
@@ -236,7 +241,9 @@ def _softsae_soft_candidates(params, x_BD, valid_B, alpha, kmax, k_loss, sae: Sa
     acts_BF = pre_BF * parallel.soft_topk(score(pre_BF), k_B, alpha, max_k=sae.kmax, mesh=None)
     return decode(params, acts_BF, sae), acts_BF
 
-  recon_BD, acts_BF = jax.lax.cond(cands.negligible, candidates, dense, None)
+  zero_tail_B = top_BM[:, -1] <= 0  # pre >= 0: the tail is all zeros
+  sparse_ok = cands.exact & jnp.all(cands.tail_negligible | zero_tail_B)
+  recon_BD, acts_BF = jax.lax.cond(sparse_ok, candidates, dense, None)
   return Terms(recon_BD, acts_BF, pre_BF, k_B, losses.recon_loss(x_BD, recon_BD, valid_B), k_loss(k_B))
 
 

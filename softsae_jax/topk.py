@@ -379,7 +379,7 @@ def _fast_solution(x_BF, k_B, inv_a, num_m: int):
   fast = cs.solution._replace(
       pivot_B=jnp.take_along_axis(index_BM, cs.solution.pivot_B[:, None], axis=1)[:, 0])
   solution = lax.cond(cs.needs_full, lambda: _full_solution(x_BF, k_B, inv_a), lambda: fast)
-  sparse_grad = ~cs.needs_full & cs.tail_negligible
+  sparse_grad = ~cs.needs_full & jnp.all(cs.tail_negligible_B)
   return solution, index_BM, sparse_grad, cs.needs_full | cs.tail_computed
 
 
@@ -388,7 +388,7 @@ class _CandidateSolve(NamedTuple):
 
   solution: _Solution  # the fast path's solution; pivot_B is a position in the candidate axis
   needs_full: jax.Array  # scalar bool: some row's threshold lies outside what the candidates solve
-  tail_negligible: jax.Array  # scalar bool: every interior row's tail density is < 1e-10 of its largest
+  tail_negligible_B: jax.Array  # bool [B]: the row's tail density is < 1e-10 of its largest (or not interior)
   tail_computed: jax.Array  # scalar bool: the tail pass ran (else rel_sum_B lacks the tail's share)
   nan_B: jax.Array  # bool [B]: NaN in the row
 
@@ -448,8 +448,8 @@ def _candidate_solve(x_BF, raw_BM, k_B, inv_a) -> _CandidateSolve:
   # Backward on the candidates alone when the tail's total density relative to the largest one,
   # W exp(tmin - |t_M|), is negligible in every row.
   tail_density_log_B = tail_bound_lse_B + tmin_B - tail_gap(anchor_B, beta_B)
-  tail_negligible = ~jnp.any((tail_density_log_B > _LOG_NEGLIGIBLE) & interior_B)
-  return _CandidateSolve(fast, needs_full, tail_negligible, tail_computed, nan_B)
+  tail_negligible_B = ~((tail_density_log_B > _LOG_NEGLIGIBLE) & interior_B)
+  return _CandidateSolve(fast, needs_full, tail_negligible_B, tail_computed, nan_B)
 
 
 def _candidate_count(max_k: int | None, num_f: int) -> int | None:
@@ -585,14 +585,21 @@ def _vjp_candidates(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B, index_BM):
   return dx_BF, slope_B, da
 
 
-def _vjp_on_candidates(x_BM, v_BM, sol, inv_a, log_scale_B, v_pivot_B):
-  """``_vjp_dense``'s (dL/dx, S = dL/dk, dL/da) restricted to the candidates, all [B, M] arithmetic:
-  exact up to the tail's share, which the callers have checked is negligible (its total density is
-  below 1e-10 of the largest one, and ``sol.rel_sum_B`` holds the rest)."""
+def _vjp_on_candidates(x_BM, v_BM, sol, inv_a, log_scale_B, v_pivot_B, tail_v_zero: bool = False):
+  """``_vjp_dense``'s (dL/dx, S = dL/dk, dL/da) restricted to the candidates, all [B, M] arithmetic.
+
+  The tail's entries are left out of dL/dx. In S = sum_j v_j q_j / sum_j q_j the denominator is the
+  solve's ``sol.rel_sum_B`` (with the tail's density whenever the tail pass ran); in the numerator the
+  tail's v is taken as v at the pivot (``tail_v_zero`` False: exact up to the tail's share, for callers
+  that checked it is negligible, below 1e-10 of the largest density) or as 0 (True: exact for a function
+  whose outputs are the candidates' weights alone, the tail held fixed)."""
   t_BM = _laplace_t(x_BM, sol.anchor_B, sol.beta_B, jnp.broadcast_to(inv_a, sol.beta_B.shape))
   neg_abs_t_BM = jnp.minimum(t_BM, -t_BM)
   rel_BM = jnp.exp(neg_abs_t_BM + sol.tmin_B[:, None])
-  offset_B = jnp.sum(rel_BM * (v_BM - v_pivot_B[:, None]), axis=1) / sol.rel_sum_B
+  offset_sum_B = jnp.sum(rel_BM * (v_BM - v_pivot_B[:, None]), axis=1)
+  if tail_v_zero:  # the tail's terms (0 - v_pivot) q_j: its density is the total less the candidates'
+    offset_sum_B = offset_sum_B - v_pivot_B * jnp.maximum(sol.rel_sum_B - jnp.sum(rel_BM, axis=1), 0.0)
+  offset_B = offset_sum_B / sol.rel_sum_B
   q_BM = jnp.exp(neg_abs_t_BM + log_scale_B[:, None])
   dx_BM = q_BM * ((v_BM - v_pivot_B[:, None]) - offset_B[:, None])
   return dx_BM, v_pivot_B + offset_B, _alpha_grad(dx_BM, t_BM)
@@ -709,30 +716,44 @@ class SoftCandidates(NamedTuple):
 
   w: jax.Array  # [..., M] the candidates' weights: differentiable in their scores, k and alpha
   idx: jax.Array  # [..., M] int32 columns of the candidates (``lax.top_k`` order, descending scores)
-  negligible: jax.Array  # bool scalar: every row's tail is negligible, ``w`` is then the whole result
+  exact: jax.Array  # bool scalar: ``w`` and its gradients (the tail held fixed) are exact in every row
+  tail_negligible: jax.Array  # bool [...]: the row's tail weighs < 1e-10 in total (weight and density)
   full: jax.Array | None  # [..., F] every weight from the same solution, no gradient (``full_weights``)
+
+  @property
+  def negligible(self) -> jax.Array:
+    """bool scalar: ``exact`` and every row's tail negligible: ``w`` is then the whole soft top-k."""
+    return self.exact & jnp.all(self.tail_negligible)
 
 
 def soft_topk_candidates(x, k, alpha, *, max_k: int, top=None, full_weights: bool = False) -> SoftCandidates:
   r"""LapSum soft top-k weights of each row's ``M = max_k + 16`` largest entries only, with their columns.
 
   The fast path of :func:`soft_topk` stopped before its [..., F] passes: the same ``lax.top_k``
-  candidates, the same threshold solve (``_candidate_solve``), and ``w = soft_topk(x, k, alpha,
-  max_k=max_k)`` at the candidates, ``w_m = L((x_{idx_m} - b) / alpha)``. The entries outside the
-  candidates (the tail) are left out, so this is the soft top-k only when their share is negligible:
-  ``negligible`` (a traced bool, one for the whole batch) says that in every row the tail's total
-  weight and its total Laplace density are below 1e-10 (of one entry, resp. of the largest density),
-  the rule by which :func:`soft_topk` already skips its tail pass and takes its sparse backward; it is
-  False when any row needs the exact full-sort path (threshold below the candidates), has ``k >= F``
-  (every weight 1), a NaN in ``x`` or ``k``, or when ``alpha <= 0``. Where it is False the outputs are
-  meaningless: a caller tests it (``lax.cond``) and falls back to :func:`soft_topk`. At small alpha
-  (SoftSAE after its anneal, alpha = 1e-4) it holds in practice; at large alpha the tail's weight is
-  genuinely spread over all ``F`` entries.
+  candidates, the same threshold solve (``_candidate_solve``, with the tail's log-sum-exp wherever it
+  may matter), and ``w = soft_topk(x, k, alpha, max_k=max_k)`` at the candidates,
+  ``w_m = L((x_{idx_m} - b) / alpha)``. The entries outside the candidates (the tail) are not returned.
+
+  Two traced flags say what the result is worth (where a flag is False a caller falls back to
+  :func:`soft_topk`, e.g. with ``lax.cond``):
+
+  * ``exact`` (one for the batch): ``w`` equals the soft top-k's weights at the candidates and the VJP
+    below is exact for them, the tail held fixed. False when any row needs the exact full-sort path
+    (threshold below the candidates), has ``k >= F``, a NaN in ``x`` or ``k``, when ``alpha <= 0``, or
+    when the tail pass was skipped although some row's tail density is not negligible.
+  * ``tail_negligible`` (per row): the tail's total weight and total Laplace density are below 1e-10
+    (of one entry, resp. of the largest density), the rule by which :func:`soft_topk` skips its tail
+    pass and takes its sparse backward. ``negligible = exact & all(tail_negligible)``: the candidates
+    are then the whole soft top-k to float32 resolution. At small alpha (SoftSAE after its anneal,
+    alpha = 1e-4) this is the usual case; at large alpha the weight is spread over all ``F`` entries.
+    A caller that knows more about the tail may accept other rows: SoftSAE multiplies the weights by
+    ReLU outputs, so a row whose candidates end at 0 has an all-zero tail whose weights multiply zeros.
 
   Gradients (custom VJP, the implicit differentiation of :func:`soft_topk` restricted to the
-  candidates; [B, M] arithmetic, no [..., F] pass): w.r.t. the candidates' scores, ``k`` and ``alpha``.
-  The tail's gradients, ``-q_j S`` with densities ``q_j`` below 1e-10 of the largest in total, are
-  dropped, as :func:`soft_topk`'s own sparse backward drops them.
+  candidates, [B, M] arithmetic, no [..., F] pass): w.r.t. the candidates' scores, ``k`` and ``alpha``,
+  with the cotangent of the (not returned) tail weights 0 and the tail's density in ``S``'s
+  denominator. The gradient w.r.t. the tail's scores, ``-q_j S``, is not formed: below float32
+  resolution where ``tail_negligible`` holds (as :func:`soft_topk`'s own sparse backward drops it).
 
   Args:
     x: ``[..., F]`` floating scores (as for :func:`soft_topk`).
@@ -745,11 +766,12 @@ def soft_topk_candidates(x, k, alpha, *, max_k: int, top=None, full_weights: boo
       to ``vals`` alone. Without it the candidates come from ``lax.top_k(x, ...)`` here and the
       gradient reaches ``x`` through it (a scatter into [..., F]).
     full_weights: also return ``full``, all [..., F] weights evaluated from the same solution (one
-      fused pass, no gradient): equal to :func:`soft_topk`'s forward whenever ``negligible`` holds,
+      fused pass, no gradient): equal to :func:`soft_topk`'s forward whenever ``exact`` holds,
       for statistics that read every entry (which latents fired, L0).
 
   Returns:
-    :class:`SoftCandidates` ``(w, idx, negligible, full)``; ``w`` in the dtype of ``x``.
+    :class:`SoftCandidates` ``(w, idx, exact, tail_negligible, full)`` (and ``.negligible``); ``w`` in
+    the dtype of ``x``.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -784,14 +806,15 @@ def soft_topk_candidates(x, k, alpha, *, max_k: int, top=None, full_weights: boo
   k_0_B = stop(k_B)
   cs = _candidate_solve(stop(x_BF), stop(vals_BM), k_0_B, inv_a)
   sol = _finish_solution(cs.solution, k_0_B, stop(alpha), num_f)
-  negligible = (~cs.needs_full & cs.tail_negligible & jnp.all(~cs.nan_B & (k_0_B < num_f))
-                & (stop(alpha) > 0))
+  # The solve is exact without the full sort; S's denominator holds the tail's density where it matters.
+  exact = (~cs.needs_full & jnp.all((cs.tail_computed | cs.tail_negligible_B) & ~cs.nan_B & (k_0_B < num_f))
+           & (stop(alpha) > 0))
   w_BM = _candidate_weights(vals_BM, k_B, alpha, sol)
   full = None
   if full_weights:
     full = _weights(stop(x_BF), sol, inv_a).astype(x.dtype).reshape(x.shape)
   return SoftCandidates(w_BM.astype(x.dtype).reshape(*lead_shape, num_m), idx_BM.reshape(*lead_shape, num_m),
-                        negligible, full)
+                        exact, cs.tail_negligible_B.reshape(lead_shape), full)
 
 
 @jax.custom_vjp
@@ -809,7 +832,8 @@ def _candidate_weights_fwd(vals_BM, k_B, alpha, sol):
 def _candidate_weights_bwd(res, v_BM):
   vals_BM, sol, inv_a = res
   v_pivot_B = jnp.take_along_axis(v_BM, sol.pivot_B[:, None], axis=1)[:, 0]  # pivot: a candidate position
-  dx_BM, slope_B, da = _vjp_on_candidates(vals_BM, v_BM, sol, inv_a, _log_scale(sol, inv_a), v_pivot_B)
+  dx_BM, slope_B, da = _vjp_on_candidates(vals_BM, v_BM, sol, inv_a, _log_scale(sol, inv_a), v_pivot_B,
+                                          tail_v_zero=True)
   dk_B = jnp.where(sol.grad_on_B | jnp.isnan(sol.scale_B), slope_B, 0.0)
   return dx_BM, dk_B.astype(vals_BM.dtype), da.astype(inv_a.dtype), None
 

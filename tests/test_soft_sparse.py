@@ -100,11 +100,44 @@ def test_candidates_not_negligible():
   assert not bool(negligible(x, k.at[1].set(jnp.nan), 1e-3))
   assert not bool(negligible(x.at[2, 5].set(jnp.nan), k, 1e-3))
   assert not bool(negligible(x, k, 0.0))
-  # Fewer positive entries than k (ReLU zeros tied at the candidates' boundary share the budget).
-  assert not bool(negligible(jnp.maximum(x, 0.0).at[:, 30:].set(0.0).at[0, :].set(0.0).at[0, :2].set(1.0), k, 1e-3))
   # k_max + 16 >= F: no candidates.
   with pytest.raises(ValueError, match="max_k"):
     topk.soft_topk_candidates(x, k, 1e-3, max_k=F - 16)
+
+
+@functools.partial(jax.jit, compiler_options=_FAST_COMPILE)
+def _zero_tail_pair(x, k, v):
+  """Weights and gradients (w.r.t. x, k) of soft_topk and of soft_topk_candidates when the cotangent is
+  0 outside the candidates (what the candidates' VJP assumes of the tail it does not return)."""
+  c = topk.soft_topk_candidates(x, k, 1e-3, max_k=16)
+  in_M = jnp.zeros(x.shape, bool).at[jnp.arange(x.shape[0])[:, None], c.idx].set(True)
+  v_F = jnp.where(in_M, v, 0.0)
+  v_M = jnp.take_along_axis(v, c.idx, axis=-1)
+  g_dense = jax.grad(lambda x, k: jnp.sum(topk.soft_topk(x, k, 1e-3, max_k=16) * v_F), (0, 1))(x, k)
+  g_cand = jax.grad(lambda x, k: jnp.sum(topk.soft_topk_candidates(x, k, 1e-3, max_k=16).w * v_M), (0, 1))(x, k)
+  w = topk.soft_topk(x, k, 1e-3, max_k=16)
+  at_M = lambda g: jnp.take_along_axis(g, c.idx, axis=-1)  # noqa: E731
+  return c, w, at_M(g_dense[0]), g_dense[1], at_M(g_cand[0]), g_cand[1]
+
+
+def test_candidates_exact_with_a_heavy_zero_tail():
+  """ReLU-like rows with fewer positive entries than k: the zeros (the tail among them) share the rest of
+  the budget, so the tail is not negligible, yet the candidates' weights and their gradients (the tail
+  held fixed, its density in S) are exact."""
+  rng = np.random.default_rng(1)
+  x = np.maximum(rng.normal(size=(4, F)), 0.0).astype(np.float32)
+  x[0, 5:] = 0.0  # 5 positive entries, k = 8
+  x[1, :] = 0.0  # none
+  k = jnp.asarray([8.0, 3.5, 6.25, 12.5], jnp.float32)
+  v = jnp.asarray(rng.normal(size=(4, F)), jnp.float32)
+  c, w, gx_dense, gk_dense, gx_cand, gk_cand = _zero_tail_pair(jnp.asarray(x), k, v)
+  assert bool(c.exact)
+  np.testing.assert_array_equal(c.tail_negligible, [False, False, True, True])
+  assert not bool(c.negligible)
+  np.testing.assert_allclose(c.w, jnp.take_along_axis(w, c.idx, axis=-1), atol=1e-6)
+  assert float(jnp.abs(gk_dense[:2]).max()) > 0.05  # S differs from v at the pivot: the tail's share counts
+  np.testing.assert_allclose(gk_cand, gk_dense, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(gx_cand, gx_dense, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------ the SoftSAE loss
@@ -120,29 +153,33 @@ def _cfg(sparse_soft: bool, soft_grad: str = "stop", **sae_kw) -> config_lib.Con
 
 
 def _params(rng, cfg):
-  """Random params whose b_enc is -2 on 60% of the latents (some rows then have fewer than M positive
-  pre-activations: ReLU zeros among the candidates and tied at the tail), a k-estimator whose k-hat
-  spreads over [1, k_max]."""
+  """Random params whose b_enc is -2 on 90% of the latents (with _batch's row scales, rows with more
+  than M positive pre-activations, and rows with fewer: ReLU zeros among the candidates and in the tail,
+  some with fewer positive entries than k-hat), a k-estimator whose k-hat spreads over [1, k_max]."""
   p = archs.init_params(jax.random.key(int(rng.integers(1 << 30))), cfg.sae)
-  b_enc = jnp.asarray(np.where(rng.random(F) < 0.6, -2.0, 0.0), jnp.float32)
+  b_enc = jnp.asarray(np.where(rng.random(F) < 0.9, -2.0, 0.0), jnp.float32)
   est = p.extra._replace(w_k2=jnp.asarray(0.2 * rng.normal(size=F), jnp.float32))
   return p._replace(b_enc=b_enc, b_dec=jnp.asarray(0.1 * rng.normal(size=D), jnp.float32), extra=est)
 
 
 def _batch(rng):
-  x = jnp.asarray(rng.normal(size=(B, D)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(B, D)) * rng.choice([0.1, 1.0, 4.0], size=(B, 1)), jnp.float32)
   valid = jnp.asarray(rng.random(B) < 0.8, jnp.float32).at[0].set(0.0)
   return jnp.where(valid[:, None] > 0, x, 0.0), valid
 
 
-def _negligible(p, x, cfg, sched) -> bool:
+def _rows(p, x, cfg, sched):
+  """(whether the step takes the candidates, rows whose tail is negligible, rows whose tail is all zeros)."""
   @jax.jit
   def fn(p, x, alpha):
     pre = sae.pre_acts(p, x, cfg.sae)
     k_B = archs.estimate_k(p, x, cfg.sae)
-    return topk.soft_topk_candidates(pre, k_B, alpha, max_k=cfg.sae.kmax).negligible
+    c = topk.soft_topk_candidates(pre, k_B, alpha, max_k=cfg.sae.kmax)
+    zero_tail = jax.lax.top_k(pre, cfg.sae.kmax + 16)[0][:, -1] <= 0
+    return c.exact & jnp.all(c.tail_negligible | zero_tail), c.tail_negligible, zero_tail
 
-  return bool(fn(p, x, sched.alpha))
+  taken, negligible, zero_tail = fn(p, x, sched.alpha)
+  return bool(taken), np.asarray(negligible), np.asarray(zero_tail)
 
 
 _LOSS = {}
@@ -168,7 +205,10 @@ def test_loss_gradients_sparse_equal_dense(rng, soft_grad, dead):
   dead_F = jnp.asarray(rng.random(F) < 0.5) if dead else jnp.zeros((F,), bool)
   sched = train.schedules(cfg_on, SMALL_STEP)._replace(arch_state=jnp.zeros((), jnp.float32))
   assert float(sched.alpha) == pytest.approx(1e-4) and not bool(sched.hard) and not bool(sched.annealing)
-  assert _negligible(p, x, cfg_on, sched), "the case this test is about: the candidates' path is taken"
+  taken, negligible, zero_tail = _rows(p, x, cfg_on, sched)
+  assert taken, "the case this test is about: the candidates' path is taken"
+  assert np.any(~zero_tail) and np.any(~negligible & zero_tail & (np.asarray(valid) > 0)), \
+      "rows of both kinds: a negligible tail, a heavy tail of zeros"
   k_hat = np.asarray(archs.estimate_k(p, x, cfg_on.sae))
   assert np.any(k_hat != np.round(k_hat)) and k_hat.max() - k_hat.min() > 2.0
   assert np.any(np.sum(np.asarray(sae.pre_acts(p, x, cfg_on.sae)) > 0, axis=1) < cfg_on.sae.kmax + 16)
@@ -195,7 +235,7 @@ def test_fallback_at_large_alpha_equals_dense(rng):
   dead_F = jnp.asarray(rng.random(F) < 0.5)
   sched = train.schedules(cfg_on, LARGE_STEP)._replace(arch_state=jnp.zeros((), jnp.float32))
   assert float(sched.alpha) == 1.0
-  assert not _negligible(p, x, cfg_on, sched)
+  assert not _rows(p, x, cfg_on, sched)[0]
   (loss_on, (terms_on, aux_on)), g_on = _loss_and_grads(cfg_on)(p, x, valid, dead_F, sched)
   (loss_off, (terms_off, aux_off)), g_off = _loss_and_grads(cfg_off)(p, x, valid, dead_F, sched)
   np.testing.assert_allclose(loss_on, loss_off, rtol=1e-6)
