@@ -175,7 +175,7 @@ def _rows(p, x, cfg, sched):
     pre = sae.pre_acts(p, x, cfg.sae)
     k_B = archs.estimate_k(p, x, cfg.sae)
     c = topk.soft_topk_candidates(pre, k_B, alpha, max_k=cfg.sae.kmax)
-    zero_tail = jax.lax.top_k(pre, cfg.sae.kmax + 16)[0][:, -1] <= 0
+    zero_tail = jnp.min(jax.lax.top_k(pre, cfg.sae.kmax + 16)[0], axis=1) <= 0
     return c.exact & jnp.all(c.tail_negligible | zero_tail), c.tail_negligible, zero_tail
 
   taken, negligible, zero_tail = fn(p, x, sched.alpha)
