@@ -130,6 +130,7 @@ def pieces(arch: str, d: int, f: int, k: int, b: int, sparse_grads: str = "auto"
     soft_grad = jax.jit(jax.value_and_grad(
         lambda t, kb, s, i, v: jnp.sum(topk_lib.soft_topk_candidates(
             s, kb, sae.alpha, max_k=sae.kmax, top=(jax.lax.stop_gradient(t), i)).w * v), argnums=(0, 1)))
+    del out["encoder forward (x W_enc, ReLU)"]  # part of the next piece
     out.update({
         f"encoder forward + lax.top_k (M={num_m} candidates)": (enc_top, (params, x_BD)),
         "k-estimator forward + backward": (est_grad, (params.extra, x_BD)),
