@@ -20,6 +20,9 @@ float32, Adam, on one device:
 * ``softsae topk (dense grads)``: the same TopK step with ``sae.sparse_grads=off`` (dense [B, F]
   gradients and matmuls for dW_enc and dW_dec; the default before the sparse ones), for a before/after
   in the same rounds.
+* ``softsae softsae (dense soft phase)``: the same SoftSAE step with ``sae.sparse_soft=false`` (the
+  soft phase's decode and encoder gradient dense, B*F*D matmuls; the default before the candidates'
+  sparse soft phase), likewise.
 * ``torch topk (plain)``: a plain PyTorch TopK SAE step: ReLU encoder, ``torch.topk``, the codes
   scattered into a dense [B, F] tensor and decoded by one dense matmul, MSE, ``loss.backward()``,
   ``torch.optim.Adam``, decoder rows renormalised (:class:`PlainTopK`).
@@ -58,7 +61,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_SIZES = "384x4096x32,768x16384x64"
 TORCH_NAMES = ("torch topk (plain)", "sparsify", "sae_lens", "torch matmul")
-JAX_NAMES = ("softsae topk", "softsae topk (dense grads)", "softsae softsae", "jax matmul")
+JAX_NAMES = ("softsae topk", "softsae topk (dense grads)", "softsae softsae", "softsae softsae (dense soft phase)",
+             "jax matmul")
 REFERENCE = "torch topk (plain)"
 
 
@@ -276,6 +280,7 @@ def _jax_version(name: str) -> str:
 def _jax_builder(name):
   return {"softsae topk": lambda *a: jax_step("topk", *a), "softsae softsae": lambda *a: jax_step("softsae", *a),
           "softsae topk (dense grads)": lambda *a: jax_step("topk", *a, overrides=("sae.sparse_grads=off",)),
+          "softsae softsae (dense soft phase)": lambda *a: jax_step("softsae", *a, overrides=("sae.sparse_soft=false",)),
           "jax matmul": jax_matmul}[name]
 
 
@@ -348,6 +353,22 @@ def table(res: dict, batch: int) -> list[str]:
   return lines
 
 
+SPEEDUPS = (  # (after, before): the same step with a speed-up of the library on and off
+    ("softsae topk", "softsae topk (dense grads)", "sae.sparse_grads"),
+    ("softsae softsae", "softsae softsae (dense soft phase)", "sae.sparse_soft"),
+)
+
+
+def speedup_lines(res: dict) -> list[str]:
+  """For each (after, before) pair timed in this run: the median of the per-round ratios before / after."""
+  out = []
+  for a, b, what in SPEEDUPS:
+    if a in res and b in res:
+      med, best = ratio(res, a, b)
+      out.append(f"#   {what}: {a!r} is {med:.2f}x {b!r} (median of per-round ratios; best steps {best:.2f}x)")
+  return out
+
+
 GOALS = (  # (faster, slower, target, what) from issue 13
     ("softsae topk", "sparsify", 1.5, "TopK >= 1.5x sparsify's training step"),
     ("softsae topk", REFERENCE, 3.75, "TopK ~ 3.75x plain PyTorch TopK (the same goal, via sparsify ~2.5x plain)"),
@@ -390,7 +411,8 @@ def main():
 
   from _host import header
 
-  names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae softsae", "torch topk (plain)",
+  names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae softsae",
+                       "softsae softsae (dense soft phase)", "torch topk (plain)",
                        "sparsify", "sae_lens", "jax matmul", "torch matmul") if not a.only or n in a.only.split(",")]
   w = TorchWorker(a.peers_python) if any(n in TORCH_NAMES for n in names) else None
   try:
@@ -408,6 +430,9 @@ def main():
 
       print(f"\n## d={d} F={f} k={k} B={a.batch} (load after: {load()})\n")
       print("\n".join(table(res, a.batch)))
+      speedups = speedup_lines(res)
+      if speedups:
+        print("\n# speed-ups (the same step with the option on and off, same rounds):\n" + "\n".join(speedups))
       goals = goal_lines(res)
       if goals:
         print("\n# goals (issue 13; median of per-round ratios):\n" + "\n".join(goals))

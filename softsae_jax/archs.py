@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from softsae_jax import config as config_lib
 from softsae_jax import losses, parallel
 from softsae_jax import sae as sae_lib
+from softsae_jax import topk as topk_lib
 from softsae_jax.config import Config, SaeConfig
 from softsae_jax.sae import affine, decode, init_core, pre_acts
 from softsae_jax.types import Codes, JumpThreshold, KEstimator, Params
@@ -220,15 +221,74 @@ def _softsae_update(offset, step, terms: Terms, valid_B, cfg: Config, *, sched: 
   return jnp.where((step >= start) & (step < stop), new, offset)
 
 
+def _soft_candidates_on(sae: SaeConfig, mesh) -> bool:
+  """Whether SoftSAE's soft phase tries the candidates (``sae.sparse_soft``): with ``sae.sparse_grads`` on,
+  on one device (a sweep's vmap would turn its ``lax.cond`` into a select that runs both phases; a
+  latent-sharded mesh has its own soft top-k), and when the fast path has candidates (k_max + 16 < F)."""
+  return (sae.sparse_soft and mesh is None and sae_lib.sparse_grads_on(sae)
+          and topk_lib._candidate_count(sae.kmax, sae.F) is not None)
+
+
+def _softsae_soft_candidates(params, x_BD, valid_B, alpha, kmax, k_loss, sae: SaeConfig) -> Terms:
+  """SoftSAE's soft phase decoded from the soft top-k's M = k_max + 16 candidates per row.
+
+  The encoder's forward stays dense (every pre-activation is a score) and yields the top-M
+  candidates (:func:`softsae_jax.sae.encode_top`); the k-estimator is unchanged. When the tail outside
+  the candidates takes no part in every row of the batch, the codes exist at the candidates only,
+  ``acts_BM = pre_BM * w_BM``, and are decoded by per-slot gathers;
+  dW_dec, dW_enc, d b_enc, d b_dec and d x are formed from the B*M candidates (``sparse_decode``'s and
+  ``encode_top``'s backwards: B*M*D work instead of three B*F*D matmuls). Otherwise (large alpha,
+  early in the anneal) it is the dense soft phase on the same pre-activations. One ``lax.cond`` inside
+  the jitted step decides per batch. With ``sae.soft_grad='stop'`` the scores carry no gradient; with
+  'faithful' the soft top-k's gradient w.r.t. them reaches the encoder at the candidates.
+
+  "Takes no part": the candidates' weights and their gradients are exact (``exact`` of
+  :func:`softsae_jax.topk.soft_topk_candidates`) and each row's tail either weighs below 1e-10 in total
+  (weight and density, ``tail_negligible``) or is all zeros: ReLU outputs below a smallest candidate of
+  0 (rows with fewer than M positive pre-activations), whose acts are 0 whatever their weights and
+  which ReLU passes no gradient; their density still enters dL/dk, through the solve's total.
+
+  ``acts_BF`` (read only by the statistics: fired latents, L0) is pre * the soft top-k's full weights
+  from the same solution, without gradient: the dense phase's values, including tail weights that are
+  below 1e-10 but not exactly 0, so the dead-latent counter and L0 do not change either.
+  """
+  num_m = topk_lib._candidate_count(sae.kmax, sae.F)
+  pre_BF, top_BM, idx_BM = sae_lib.encode_top(params, x_BD, num_m, sae)
+  k_B = estimate_k(params, x_BD, sae, kmax)
+  score = (lambda a: a) if sae.soft_grad == "faithful" else jax.lax.stop_gradient
+  cands = topk_lib.soft_topk_candidates(pre_BF, k_B, alpha, max_k=sae.kmax, top=(score(top_BM), idx_BM),
+                                        full_weights=True)
+
+  def candidates(_):
+    acts_BM = top_BM * cands.w
+    dec_BD = sae_lib.sparse_decode(params.w_dec, idx_BM, acts_BM, sparse_grad=True)
+    return dec_BD + params.b_dec[None, :], jax.lax.stop_gradient(pre_BF) * cands.full
+
+  def dense(_):
+    acts_BF = pre_BF * parallel.soft_topk(score(pre_BF), k_B, alpha, max_k=sae.kmax, mesh=None)
+    return decode(params, acts_BF, sae), acts_BF
+
+  # pre >= 0: the tail is all zeros where the smallest candidate is. (A min, not top_BM[:, -1]: slicing
+  # the last column of lax.top_k's output made XLA:CPU sort whole rows, a 2.7x slower step.)
+  zero_tail_B = jnp.min(top_BM, axis=1) <= 0
+  sparse_ok = cands.exact & jnp.all(cands.tail_negligible | zero_tail_B)
+  recon_BD, acts_BF = jax.lax.cond(sparse_ok, candidates, dense, None)
+  return Terms(recon_BD, acts_BF, pre_BF, k_B, losses.recon_loss(x_BD, recon_BD, valid_B), k_loss(k_B))
+
+
 def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) -> Terms:
   sae = cfg.sae
   budget = sched.k_budget if sched.arch_state is None else sched.k_budget + sched.arch_state
 
+  def k_loss(k_B):
+    return sae.k_loss_weight * losses.k_budget_loss(k_B, budget, sae.k_loss_beta, valid_B)
+
   def soft(_):
+    if _soft_candidates_on(sae, mesh):
+      return _softsae_soft_candidates(params, x_BD, valid_B, sched.alpha, sched.kmax, k_loss, sae)
     codes = _softsae_soft_codes(params, x_BD, sched.alpha, sae, mesh, sched.kmax)
-    k_loss = losses.k_budget_loss(codes.k_B, budget, sae.k_loss_beta, valid_B)
-    return _dense_terms(params, x_BD, valid_B, codes.acts_BF, codes.pre_BF, sae,
-                        sparsity=sae.k_loss_weight * k_loss, k_B=codes.k_B)
+    return _dense_terms(params, x_BD, valid_B, codes.acts_BF, codes.pre_BF, sae, sparsity=k_loss(codes.k_B),
+                        k_B=codes.k_B)
 
   def hard_phase(_):
     pre_BF = pre_acts(params, x_BD, sae)

@@ -105,6 +105,13 @@ class SaeConfig:
       and "off" elsewhere (GPU/TPU matmuls are cheap and their scatters slow: not measured). Same gradients up to
       float32 rounding. The sparse encoder backward runs on one device only; a sweep or a mesh of
       several devices keeps it dense (the decoder's stays sparse).
+    sparse_soft: SoftSAE's soft phase with ``sparse_grads`` on, on one device (not in a sweep or on a
+      mesh): decode and form the encoder's gradient from the soft top-k's M = k_max + 16 candidates
+      per row (B*M*D work) on every step whose batch has, in every row, a negligible tail (weights and
+      densities outside the candidates below 1e-10 in total, e.g. alpha = 1e-4 after the anneal) or a
+      tail of ReLU zeros, decided inside the jitted step; other steps, and False, take the dense soft
+      phase (B*F*D matmuls). Same loss, gradients and metrics up to float32 rounding; the step
+      measured 1.4x faster on the CPU (docs/benchmarks.md).
   """
 
   arch: str = "softsae"
@@ -136,6 +143,7 @@ class SaeConfig:
   threshold_start_frac: float = 0.05
   compute_dtype: str = "float32"
   sparse_grads: str = "auto"
+  sparse_soft: bool = True
 
   def __post_init__(self):
     if self.arch not in ARCHS:
@@ -154,6 +162,8 @@ class SaeConfig:
       raise ConfigError(f"sae.compute_dtype must be float32 or bfloat16; got {self.compute_dtype!r}")
     if self.sparse_grads not in ("auto", "on", "off"):
       raise ConfigError(f"sae.sparse_grads must be 'auto', 'on' or 'off'; got {self.sparse_grads!r}")
+    if not isinstance(self.sparse_soft, bool):
+      raise ConfigError(f"sae.sparse_soft must be true or false; got {self.sparse_soft!r}")
     if self.k < 1:
       raise ConfigError(f"sae.k must be >= 1; got {self.k}")
     if self.k_max is not None and self.k_max < self.k:

@@ -165,9 +165,18 @@ def topk_encode(params: Params, x_BD: jax.Array, k_B: jax.Array, max_k: int,
   reads it): its cotangent is added densely, under a ``cond`` that skips the dense matmuls when it is
   zero everywhere (no dead latent this step). Gradients are float32 whatever ``cfg.compute_dtype``.
   """
-  pre_BF, top_BK, idx_BK = _topk_encode(x_BD, params.w_enc, params.b_enc, params.b_dec, max_k,
-                                        cfg.compute_dtype)
+  pre_BF, top_BK, idx_BK = encode_top(params, x_BD, max_k, cfg)
   return pre_BF, _below_count(top_BK, k_B), idx_BK
+
+
+def encode_top(params: Params, x_BD: jax.Array, num: int,
+               cfg: SaeConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``pre_acts`` and its ``num`` largest entries per row, ``(pre_BF, top_BN, idx_BN)`` =
+  ``(pre, *lax.top_k(pre, num))``, with :func:`topk_encode`'s sparse backward: the cotangent of
+  ``top_BN`` reaches the encoder's weights by B*num*D scatter-adds, that of ``pre_BF`` by the dense
+  matmuls only on steps where it is nonzero. SoftSAE's soft phase uses it with its M soft top-k
+  candidates (:func:`softsae_jax.topk.soft_topk_candidates`)."""
+  return _topk_encode(x_BD, params.w_enc, params.b_enc, params.b_dec, num, cfg.compute_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))

@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["soft_topk", "hard_topk_mask", "hard_topk"]
+__all__ = ["soft_topk", "soft_topk_candidates", "SoftCandidates", "hard_topk_mask", "hard_topk"]
 
 # Extra candidates beyond max_k on the fast path. They keep a few near-ties at the candidate boundary
 # from forcing the full-sort fallback, and they widen the gap between the threshold and the smallest
@@ -374,10 +374,36 @@ def _fast_solution(x_BF, k_B, inv_a, num_m: int):
   tail pass was skipped, so ``solution.rel_sum_B`` lacks the tail's (negligible weight, but not
   necessarily negligible density) share and a dense VJP must recompute it.
   """
+  raw_BM, index_BM = lax.top_k(x_BF, num_m)  # NaN sorts first
+  cs = _candidate_solve(x_BF, raw_BM, k_B, inv_a)
+  fast = cs.solution._replace(
+      pivot_B=jnp.take_along_axis(index_BM, cs.solution.pivot_B[:, None], axis=1)[:, 0])
+  solution = lax.cond(cs.needs_full, lambda: _full_solution(x_BF, k_B, inv_a), lambda: fast)
+  sparse_grad = ~cs.needs_full & jnp.all(cs.tail_negligible_B)
+  return solution, index_BM, sparse_grad, cs.needs_full | cs.tail_computed
+
+
+class _CandidateSolve(NamedTuple):
+  """What ``_candidate_solve`` returns."""
+
+  solution: _Solution  # the fast path's solution; pivot_B is a position in the candidate axis
+  needs_full: jax.Array  # scalar bool: some row's threshold lies outside what the candidates solve
+  tail_negligible_B: jax.Array  # bool [B]: the row's tail density is < 1e-10 of its largest (or not interior)
+  tail_computed: jax.Array  # scalar bool: the tail pass ran (else rel_sum_B lacks the tail's share)
+  nan_B: jax.Array  # bool [B]: NaN in the row
+
+
+def _candidate_solve(x_BF, raw_BM, k_B, inv_a) -> _CandidateSolve:
+  """The fast path's solve from each row's top-M values ``raw_BM`` (``lax.top_k(x_BF, M)[0]``, sorted
+  descending) plus, only when a bound says it may matter, one tail pass over ``x_BF``.
+
+  Shared by ``_fast_solution`` (dense weights) and ``soft_topk_candidates`` (weights at the
+  candidates only); neither the full-sort fallback nor the column of the pivot is decided here.
+  """
   num_f = x_BF.shape[1]
+  num_m = raw_BM.shape[1]
   dtype = x_BF.dtype
   bound, _ = _finite_bounds(dtype)
-  raw_BM, index_BM = lax.top_k(x_BF, num_m)  # NaN sorts first
   n_pos_B = jnp.sum(raw_BM == jnp.inf, axis=1, dtype=dtype)
   n_live_B = jnp.sum(raw_BM > -jnp.inf, axis=1, dtype=dtype)
   nan_B = jnp.any(jnp.isnan(raw_BM), axis=1)
@@ -418,15 +444,12 @@ def _fast_solution(x_BF, k_B, inv_a, num_m: int):
   hard_B = outside_B | (k_B <= n_pos_B) | (k_B > n_live_B)
   needs_full = jnp.any(hard_B & interior_B & ~nan_B)
   zero_B, one_B = jnp.zeros_like(k_B), jnp.ones_like(k_B)
-  fast = _Solution(anchor_B, beta_B, tmin_B, rel_sum_B,
-                   jnp.take_along_axis(index_BM, pivot_B[:, None], axis=1)[:, 0],
-                   zero_B, one_B, ~nan_B)
-  solution = lax.cond(needs_full, lambda: _full_solution(x_BF, k_B, inv_a), lambda: fast)
+  fast = _Solution(anchor_B, beta_B, tmin_B, rel_sum_B, pivot_B, zero_B, one_B, ~nan_B)
   # Backward on the candidates alone when the tail's total density relative to the largest one,
   # W exp(tmin - |t_M|), is negligible in every row.
   tail_density_log_B = tail_bound_lse_B + tmin_B - tail_gap(anchor_B, beta_B)
-  sparse_grad = ~needs_full & ~jnp.any((tail_density_log_B > _LOG_NEGLIGIBLE) & interior_B)
-  return solution, index_BM, sparse_grad, needs_full | tail_computed
+  tail_negligible_B = ~((tail_density_log_B > _LOG_NEGLIGIBLE) & interior_B)
+  return _CandidateSolve(fast, needs_full, tail_negligible_B, tail_computed, nan_B)
 
 
 def _candidate_count(max_k: int | None, num_f: int) -> int | None:
@@ -556,15 +579,30 @@ def _vjp_candidates(x_BF, v_BF, sol, inv_a, log_scale_B, v_pivot_B, index_BM):
   [B, M] arithmetic and a scatter into zeros instead of two passes over [B, F]."""
   x_BM = jnp.take_along_axis(x_BF, index_BM, axis=1)
   v_BM = jnp.take_along_axis(v_BF, index_BM, axis=1)
+  dx_BM, slope_B, da = _vjp_on_candidates(x_BM, v_BM, sol, inv_a, log_scale_B, v_pivot_B)
+  rows_BM = lax.broadcasted_iota(jnp.int32, index_BM.shape, 0)
+  dx_BF = jnp.zeros_like(x_BF).at[rows_BM, index_BM].set(dx_BM, unique_indices=True)
+  return dx_BF, slope_B, da
+
+
+def _vjp_on_candidates(x_BM, v_BM, sol, inv_a, log_scale_B, v_pivot_B, tail_v_zero: bool = False):
+  """``_vjp_dense``'s (dL/dx, S = dL/dk, dL/da) restricted to the candidates, all [B, M] arithmetic.
+
+  The tail's entries are left out of dL/dx. In S = sum_j v_j q_j / sum_j q_j the denominator is the
+  solve's ``sol.rel_sum_B`` (with the tail's density whenever the tail pass ran); in the numerator the
+  tail's v is taken as v at the pivot (``tail_v_zero`` False: exact up to the tail's share, for callers
+  that checked it is negligible, below 1e-10 of the largest density) or as 0 (True: exact for a function
+  whose outputs are the candidates' weights alone, the tail held fixed)."""
   t_BM = _laplace_t(x_BM, sol.anchor_B, sol.beta_B, jnp.broadcast_to(inv_a, sol.beta_B.shape))
   neg_abs_t_BM = jnp.minimum(t_BM, -t_BM)
   rel_BM = jnp.exp(neg_abs_t_BM + sol.tmin_B[:, None])
-  offset_B = jnp.sum(rel_BM * (v_BM - v_pivot_B[:, None]), axis=1) / sol.rel_sum_B
+  offset_sum_B = jnp.sum(rel_BM * (v_BM - v_pivot_B[:, None]), axis=1)
+  if tail_v_zero:  # the tail's terms (0 - v_pivot) q_j: its density is the total less the candidates'
+    offset_sum_B = offset_sum_B - v_pivot_B * jnp.maximum(sol.rel_sum_B - jnp.sum(rel_BM, axis=1), 0.0)
+  offset_B = offset_sum_B / sol.rel_sum_B
   q_BM = jnp.exp(neg_abs_t_BM + log_scale_B[:, None])
   dx_BM = q_BM * ((v_BM - v_pivot_B[:, None]) - offset_B[:, None])
-  rows_BM = lax.broadcasted_iota(jnp.int32, index_BM.shape, 0)
-  dx_BF = jnp.zeros_like(x_BF).at[rows_BM, index_BM].set(dx_BM, unique_indices=True)
-  return dx_BF, v_pivot_B + offset_B, _alpha_grad(dx_BM, t_BM)
+  return dx_BM, v_pivot_B + offset_B, _alpha_grad(dx_BM, t_BM)
 
 
 def _alpha_grad(dx_BF, t_BF):
@@ -667,3 +705,137 @@ def soft_topk(x, k, alpha, *, max_k: int | None = None):
   x_BF = x.reshape(-1, num_f).astype(cdtype)
   w_BF = _soft_topk_rows(x_BF, k_B, alpha.astype(cdtype), _candidate_count(max_k, num_f))
   return w_BF.astype(x.dtype).reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------------
+# Soft top-k on the candidates only.
+
+
+class SoftCandidates(NamedTuple):
+  """What :func:`soft_topk_candidates` returns (``...`` the leading dims of ``x``, ``M = max_k + 16``)."""
+
+  w: jax.Array  # [..., M] the candidates' weights: differentiable in their scores, k and alpha
+  idx: jax.Array  # [..., M] int32 columns of the candidates (``lax.top_k`` order, descending scores)
+  exact: jax.Array  # bool scalar: ``w`` and its gradients (the tail held fixed) are exact in every row
+  tail_negligible: jax.Array  # bool [...]: the row's tail weighs < 1e-10 in total (weight and density)
+  full: jax.Array | None  # [..., F] every weight from the same solution, no gradient (``full_weights``)
+
+  @property
+  def negligible(self) -> jax.Array:
+    """bool scalar: ``exact`` and every row's tail negligible: ``w`` is then the whole soft top-k."""
+    return self.exact & jnp.all(self.tail_negligible)
+
+
+def soft_topk_candidates(x, k, alpha, *, max_k: int, top=None, full_weights: bool = False) -> SoftCandidates:
+  r"""LapSum soft top-k weights of each row's ``M = max_k + 16`` largest entries only, with their columns.
+
+  The fast path of :func:`soft_topk` stopped before its [..., F] passes: the same ``lax.top_k``
+  candidates, the same threshold solve (``_candidate_solve``, with the tail's log-sum-exp wherever it
+  may matter), and ``w = soft_topk(x, k, alpha, max_k=max_k)`` at the candidates,
+  ``w_m = L((x_{idx_m} - b) / alpha)``. The entries outside the candidates (the tail) are not returned.
+
+  Two traced flags say what the result is worth (where a flag is False a caller falls back to
+  :func:`soft_topk`, e.g. with ``lax.cond``):
+
+  * ``exact`` (one for the batch): ``w`` equals the soft top-k's weights at the candidates and the VJP
+    below is exact for them, the tail held fixed. False when any row needs the exact full-sort path
+    (threshold below the candidates), has ``k >= F``, a NaN in ``x`` or ``k``, when ``alpha <= 0``, or
+    when the tail pass was skipped although some row's tail density is not negligible.
+  * ``tail_negligible`` (per row): the tail's total weight and total Laplace density are below 1e-10
+    (of one entry, resp. of the largest density), the rule by which :func:`soft_topk` skips its tail
+    pass and takes its sparse backward. ``negligible = exact & all(tail_negligible)``: the candidates
+    are then the whole soft top-k to float32 resolution. At small alpha (SoftSAE after its anneal,
+    alpha = 1e-4) this is the usual case; at large alpha the weight is spread over all ``F`` entries.
+    A caller that knows more about the tail may accept other rows: SoftSAE multiplies the weights by
+    ReLU outputs, so a row whose candidates end at 0 has an all-zero tail whose weights multiply zeros.
+
+  Gradients (custom VJP, the implicit differentiation of :func:`soft_topk` restricted to the
+  candidates, [B, M] arithmetic, no [..., F] pass): w.r.t. the candidates' scores, ``k`` and ``alpha``,
+  with the cotangent of the (not returned) tail weights 0 and the tail's density in ``S``'s
+  denominator. The gradient w.r.t. the tail's scores, ``-q_j S``, is not formed: below float32
+  resolution where ``tail_negligible`` holds (as :func:`soft_topk`'s own sparse backward drops it).
+
+  Args:
+    x: ``[..., F]`` floating scores (as for :func:`soft_topk`).
+    k: ``[...]`` per-row target (or a scalar), ``k <= max_k`` on the rows that matter.
+    alpha: 0-d Laplace scale > 0.
+    max_k: static Python int with ``max_k + 16 < F``.
+    top: optional ``(vals, idx)`` = ``lax.top_k(x, max_k + 16)``, computed by the caller, e.g. inside a
+      custom VJP that forms an encoder's gradient from the cotangent of ``vals``. Then ``x`` is only
+      read (for the tail and ``full``), never differentiated, and the gradient w.r.t. the scores goes
+      to ``vals`` alone. Without it the candidates come from ``lax.top_k(x, ...)`` here and the
+      gradient reaches ``x`` through it (a scatter into [..., F]).
+    full_weights: also return ``full``, all [..., F] weights evaluated from the same solution (one
+      fused pass, no gradient): equal to :func:`soft_topk`'s forward whenever ``exact`` holds,
+      for statistics that read every entry (which latents fired, L0).
+
+  Returns:
+    :class:`SoftCandidates` ``(w, idx, exact, tail_negligible, full)`` (and ``.negligible``); ``w`` in
+    the dtype of ``x``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> x = jnp.array([[3.0, 1.0, 2.0, 0.0] + [-5.0] * 20])
+    >>> c = soft_topk_candidates(x, jnp.array([2.5]), 1e-3, max_k=1)
+    >>> print(c.idx[0, :4], jnp.round(c.w[0, :4], 3), bool(c.negligible))
+    [0 2 1 3] [1.  1.  0.5 0. ] True
+  """
+  x = _check_x(x)
+  lead_shape, num_f = x.shape[:-1], x.shape[-1]
+  max_k = _check_max_k(max_k, num_f)
+  num_m = _candidate_count(max_k, num_f)
+  if num_m is None:
+    raise ValueError(f"Expected max_k + {_EXTRA_CANDIDATES} < F for the candidates, got max_k={max_k}, F={num_f}.")
+  cdtype = _compute_dtype(x.dtype)
+  k_B = _rows_k(k, lead_shape, cdtype)
+  alpha = jnp.asarray(alpha)
+  if alpha.ndim != 0:
+    raise ValueError(f"Expected alpha to be a scalar (0-d), got shape {alpha.shape}.")
+  alpha = alpha.astype(cdtype)
+  x_BF = x.reshape(-1, num_f).astype(cdtype)
+  stop = lax.stop_gradient
+  if top is None:
+    vals_BM, idx_BM = lax.top_k(x_BF, num_m)
+  else:
+    vals, idx = (jnp.asarray(a) for a in top)
+    if vals.shape != (*lead_shape, num_m) or idx.shape != vals.shape:
+      raise ValueError(f"Expected top = (vals, idx) of shape {(*lead_shape, num_m)}, got {vals.shape} and {idx.shape}.")
+    vals_BM, idx_BM = vals.reshape(-1, num_m).astype(cdtype), idx.reshape(-1, num_m)
+    x_BF = stop(x_BF)
+  inv_a = _inv_alpha(stop(alpha), cdtype)
+  k_0_B = stop(k_B)
+  cs = _candidate_solve(stop(x_BF), stop(vals_BM), k_0_B, inv_a)
+  sol = _finish_solution(cs.solution, k_0_B, stop(alpha), num_f)
+  # The solve is exact without the full sort; S's denominator holds the tail's density where it matters.
+  exact = (~cs.needs_full & jnp.all((cs.tail_computed | cs.tail_negligible_B) & ~cs.nan_B & (k_0_B < num_f))
+           & (stop(alpha) > 0))
+  w_BM = _candidate_weights(vals_BM, k_B, alpha, sol)
+  full = None
+  if full_weights:
+    full = _weights(stop(x_BF), sol, inv_a).astype(x.dtype).reshape(x.shape)
+  return SoftCandidates(w_BM.astype(x.dtype).reshape(*lead_shape, num_m), idx_BM.reshape(*lead_shape, num_m),
+                        exact, cs.tail_negligible_B.reshape(lead_shape), full)
+
+
+@jax.custom_vjp
+def _candidate_weights(vals_BM, k_B, alpha, sol):
+  """The weights of the candidates from a solution ``sol`` solved (without gradient) from these
+  values, ``k`` and ``alpha``; the VJP differentiates that solution implicitly."""
+  return _weights(vals_BM, sol, _inv_alpha(alpha, vals_BM.dtype))
+
+
+def _candidate_weights_fwd(vals_BM, k_B, alpha, sol):
+  inv_a = _inv_alpha(alpha, vals_BM.dtype)
+  return _weights(vals_BM, sol, inv_a), (vals_BM, sol, inv_a)
+
+
+def _candidate_weights_bwd(res, v_BM):
+  vals_BM, sol, inv_a = res
+  v_pivot_B = jnp.take_along_axis(v_BM, sol.pivot_B[:, None], axis=1)[:, 0]  # pivot: a candidate position
+  dx_BM, slope_B, da = _vjp_on_candidates(vals_BM, v_BM, sol, inv_a, _log_scale(sol, inv_a), v_pivot_B,
+                                          tail_v_zero=True)
+  dk_B = jnp.where(sol.grad_on_B | jnp.isnan(sol.scale_B), slope_B, 0.0)
+  return dx_BM, dk_B.astype(vals_BM.dtype), da.astype(inv_a.dtype), None
+
+
+_candidate_weights.defvjp(_candidate_weights_fwd, _candidate_weights_bwd)

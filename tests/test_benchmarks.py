@@ -95,6 +95,8 @@ def test_peers_jax_side_runs_interleaved():
   assert all(len(r["wall"]) == 2 and min(r["wall"]) > 0 for r in res.values())
   lines = peers.table(res, B)
   assert len(lines) == 5 and lines[2].startswith("| softsae topk |")
+  (speedup,) = peers.speedup_lines(res)  # the dense-grads pair; the SoftSAE pair was not run
+  assert "sae.sparse_grads" in speedup
 
 
 def test_grad_scatter_variants_agree_and_time():

@@ -105,7 +105,9 @@ def test_sweep_hlo_keeps_the_soft_topk_conditionals(rng):
   state = init_sweep_state(cfg, tx, b_dec_D=np.zeros(D, np.float32), norm_factor=1.0)
   hlo = jax.jit(lambda s, x, v: sweep_train_step(s, x, v, cfg=cfg, tx=tx)).lower(
       state, _batches(rng, 1)[0], jnp.ones((64,), bool)).as_text()
-  single = _cfg("softsae", config_lib.SweepConfig())
+  # A sweep's soft phase is the dense one: compare with the single step's dense soft phase (the
+  # candidates' phase, sae.sparse_soft, adds conds of its own).
+  single = _cfg("softsae", config_lib.SweepConfig(), sparse_soft=False)
   stx = make_optimizer(single)
   one = init_train_state(jax.random.key(0), single, stx)
   hlo1 = jax.jit(lambda s, x, v: train_step(s, x, v, cfg=single, tx=stx)).lower(
