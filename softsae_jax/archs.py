@@ -166,17 +166,25 @@ def _top_acts_width(cfg: SaeConfig) -> int:
   return min(cfg.kmax + 16, cfg.F)
 
 
-def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None, mesh=None) -> jax.Array:
+def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None, mesh=None, *,
+               pre_BF: jax.Array | None = None, top_BM: jax.Array | None = None) -> jax.Array:
   """SoftSAE's k-hat: clamp(k_max * sigmoid(w2 . ReLU((x - b_dec) W1 + b1) + b2), 1, F), [B] float32;
   with ``sae.k_input=top_acts`` the first layer reads the row's M = k_max + 16 largest pre-activations,
   sorted, gradient stopped (``mesh``: where they are selected), instead of x - b_dec.
 
-  ``kmax``: a traced k_max (a sweep member's own) instead of ``cfg.kmax``. Kept in float32 whatever
-  the compute dtype (docs/method.md §2.2: bf16 would quantise k-hat).
+  ``kmax``: a traced k_max (a sweep member's own) instead of ``cfg.kmax``. ``pre_BF`` (the encoder's
+  activations) or ``top_BM`` (their M largest, sorted; M >= the estimator's width): what the caller
+  already computed, so the top_acts estimator does not recompute it. Kept in float32 whatever the
+  compute dtype (docs/method.md §2.2: bf16 would quantise k-hat).
   """
   est: KEstimator = params.extra
   if cfg.k_input == "top_acts":
-    top_BM = parallel.top_values(pre_acts(params, x_BD, cfg), _top_acts_width(cfg), mesh)
+    m = _top_acts_width(cfg)
+    if top_BM is not None:
+      # (a slice of lax.top_k's output can make XLA:CPU sort whole rows: only when the widths differ)
+      top_BM = jax.lax.stop_gradient(top_BM if top_BM.shape[1] == m else top_BM[:, :m])
+    else:
+      top_BM = parallel.top_values(pre_acts(params, x_BD, cfg) if pre_BF is None else pre_BF, m, mesh)
     h_BH = jax.nn.relu(top_BM @ est.w_k1 + est.b_k1[None, :])
     logit_B = h_BH @ est.w_k2 + est.b_k2
   else:
@@ -188,7 +196,7 @@ def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array 
 
 def _softsae_soft_codes(params, x_BD, alpha, cfg: SaeConfig, mesh=None, kmax=None) -> Codes:
   pre_BF = pre_acts(params, x_BD, cfg)
-  k_B = estimate_k(params, x_BD, cfg, kmax, mesh)
+  k_B = estimate_k(params, x_BD, cfg, kmax, mesh, pre_BF=pre_BF)
   scores_BF = pre_BF if cfg.soft_grad == "faithful" else jax.lax.stop_gradient(pre_BF)
   if cfg.alpha_k <= 0:
     return Codes(pre_BF, pre_BF * parallel.soft_topk(scores_BF, k_B, alpha, max_k=cfg.kmax, mesh=mesh), k_B)
@@ -224,8 +232,9 @@ def _softsae_update(offset, step, terms: Terms, valid_B, cfg: Config, *, sched: 
 def _soft_candidates_on(sae: SaeConfig, mesh) -> bool:
   """Whether SoftSAE's soft phase tries the candidates (``sae.sparse_soft``): with ``sae.sparse_grads`` on,
   on one device (a sweep's vmap would turn its ``lax.cond`` into a select that runs both phases; a
-  latent-sharded mesh has its own soft top-k), and when the fast path has candidates (k_max + 16 < F)."""
-  return (sae.sparse_soft and mesh is None and sae_lib.sparse_grads_on(sae)
+  latent-sharded mesh has its own soft top-k), when the fast path has candidates (k_max + 16 < F), and
+  without ``sae.alpha_k`` (whose second soft top-k the dense phase computes)."""
+  return (sae.sparse_soft and mesh is None and sae_lib.sparse_grads_on(sae) and sae.alpha_k <= 0
           and topk_lib._candidate_count(sae.kmax, sae.F) is not None)
 
 
@@ -254,7 +263,7 @@ def _softsae_soft_candidates(params, x_BD, valid_B, alpha, kmax, k_loss, sae: Sa
   """
   num_m = topk_lib._candidate_count(sae.kmax, sae.F)
   pre_BF, top_BM, idx_BM = sae_lib.encode_top(params, x_BD, num_m, sae)
-  k_B = estimate_k(params, x_BD, sae, kmax)
+  k_B = estimate_k(params, x_BD, sae, kmax, top_BM=top_BM)
   score = (lambda a: a) if sae.soft_grad == "faithful" else jax.lax.stop_gradient
   cands = topk_lib.soft_topk_candidates(pre_BF, k_B, alpha, max_k=sae.kmax, top=(score(top_BM), idx_BM),
                                         full_weights=True)
@@ -292,7 +301,7 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
 
   def hard_phase(_):
     pre_BF = pre_acts(params, x_BD, sae)
-    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae, sched.kmax, mesh))
+    k_B = jax.lax.stop_gradient(estimate_k(params, x_BD, sae, sched.kmax, mesh, pre_BF=pre_BF))
     return _sparse_topk_terms(params, x_BD, valid_B, pre_BF, k_B, sae.kmax, mesh, stop=cfg.train.hard_freeze,
                               sparse_grad=sae_lib.sparse_grads_on(sae))
 
@@ -305,8 +314,9 @@ def _softsae_terms(params, x_BD, valid_B, sched: Schedule, cfg: Config, mesh) ->
 
 def _softsae_infer(params, arch_state, x_BD, cfg: SaeConfig, mesh):
   del arch_state
-  k_B = estimate_k(params, x_BD, cfg, mesh=mesh)
-  return parallel.topk_acts(pre_acts(params, x_BD, cfg), jnp.floor(k_B), cfg.kmax, mesh), k_B
+  pre_BF = pre_acts(params, x_BD, cfg)
+  k_B = estimate_k(params, x_BD, cfg, mesh=mesh, pre_BF=pre_BF)
+  return parallel.topk_acts(pre_BF, jnp.floor(k_B), cfg.kmax, mesh), k_B
 
 
 def _softsae_frozen(sched: Schedule, any_dead, params: Params, cfg: Config):

@@ -158,7 +158,7 @@ def _params(rng, cfg):
   some with fewer positive entries than k-hat), a k-estimator whose k-hat spreads over [1, k_max]."""
   p = archs.init_params(jax.random.key(int(rng.integers(1 << 30))), cfg.sae)
   b_enc = jnp.asarray(np.where(rng.random(F) < 0.9, -2.0, 0.0), jnp.float32)
-  est = p.extra._replace(w_k2=jnp.asarray(0.2 * rng.normal(size=F), jnp.float32))
+  est = p.extra._replace(w_k2=jnp.asarray(0.2 * rng.normal(size=p.extra.w_k2.shape), jnp.float32))
   return p._replace(b_enc=b_enc, b_dec=jnp.asarray(0.1 * rng.normal(size=D), jnp.float32), extra=est)
 
 
@@ -194,12 +194,13 @@ def _loss_and_grads(cfg):
   return _LOSS[cfg]
 
 
-@pytest.mark.parametrize("soft_grad", ["stop", "faithful"])
+@pytest.mark.parametrize("soft_grad,k_input", [("stop", "top_acts"), ("faithful", "top_acts"), ("stop", "x")])
 @pytest.mark.parametrize("dead", [False, True])
-def test_loss_gradients_sparse_equal_dense(rng, soft_grad, dead):
+def test_loss_gradients_sparse_equal_dense(rng, soft_grad, k_input, dead):
   """At alpha = 1e-4 after the anneals: the loss, its terms, AuxK and every gradient leaf (encoder,
-  decoder, biases, k-estimator) agree to 1e-5, with fractional k-hat and masked rows."""
-  cfg_on, cfg_off = _cfg(True, soft_grad), _cfg(False, soft_grad)
+  decoder, biases, k-estimator) agree to 1e-5, with fractional k-hat and masked rows; for both
+  k-estimators (the default reads the candidates' sorted values, the authors' reads x)."""
+  cfg_on, cfg_off = _cfg(True, soft_grad, k_input=k_input), _cfg(False, soft_grad, k_input=k_input)
   p = _params(rng, cfg_on)
   x, valid = _batch(rng)
   dead_F = jnp.asarray(rng.random(F) < 0.5) if dead else jnp.zeros((F,), bool)
@@ -274,7 +275,7 @@ def test_train_steps_sparse_equal_dense(rng):
 
 
 def test_candidates_only_on_one_device(monkeypatch, rng):
-  """``soft_topk_candidates`` is used with mesh None, sparse_grads on and sparse_soft on only."""
+  """``soft_topk_candidates`` is used with mesh None, sparse_grads on, sparse_soft on and alpha_k off only."""
   calls = []
   real = topk.soft_topk_candidates
   monkeypatch.setattr(topk, "soft_topk_candidates", lambda *a, **kw: calls.append(1) or real(*a, **kw))
@@ -288,6 +289,7 @@ def test_candidates_only_on_one_device(monkeypatch, rng):
   assert calls == [1]
   jax.eval_shape(jax.vmap(lambda p: terms(p, x, ones, sched, cfg, parallel.MEMBERS).main),
                  jax.tree.map(lambda a: jnp.stack([a, a]), p))
-  for off in (_cfg(False), config_lib.apply_overrides(cfg, ["sae.sparse_grads=off"])):
+  for off in (_cfg(False), config_lib.apply_overrides(cfg, ["sae.sparse_grads=off"]),
+              config_lib.apply_overrides(cfg, ["sae.alpha_k=0.01"])):  # alpha_k: the dense phase's second soft top-k
     jax.eval_shape(lambda p, c=off: terms(p, x, ones, sched, c, None), p)
   assert calls == [1]
