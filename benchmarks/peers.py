@@ -23,6 +23,8 @@ float32, Adam, on one device:
 * ``softsae softsae (dense soft phase)``: the same SoftSAE step with ``sae.sparse_soft=false`` (the
   soft phase's decode and encoder gradient dense, B*F*D matmuls; the default before the candidates'
   sparse soft phase), likewise.
+* ``softsae softsae (x estimator)``: the same SoftSAE step with ``sae.k_input=x`` (the authors'
+  k-estimator, a second D -> F layer on x; the default before the top_acts estimator), likewise.
 * ``torch topk (plain)``: a plain PyTorch TopK SAE step: ReLU encoder, ``torch.topk``, the codes
   scattered into a dense [B, F] tensor and decoded by one dense matmul, MSE, ``loss.backward()``,
   ``torch.optim.Adam``, decoder rows renormalised (:class:`PlainTopK`).
@@ -62,7 +64,7 @@ REPO = os.path.dirname(HERE)
 DEFAULT_SIZES = "384x4096x32,768x16384x64"
 TORCH_NAMES = ("torch topk (plain)", "sparsify", "sae_lens", "torch matmul")
 JAX_NAMES = ("softsae topk", "softsae topk (dense grads)", "softsae softsae", "softsae softsae (dense soft phase)",
-             "jax matmul")
+             "softsae softsae (x estimator)", "jax matmul")
 REFERENCE = "torch topk (plain)"
 
 
@@ -281,6 +283,7 @@ def _jax_builder(name):
   return {"softsae topk": lambda *a: jax_step("topk", *a), "softsae softsae": lambda *a: jax_step("softsae", *a),
           "softsae topk (dense grads)": lambda *a: jax_step("topk", *a, overrides=("sae.sparse_grads=off",)),
           "softsae softsae (dense soft phase)": lambda *a: jax_step("softsae", *a, overrides=("sae.sparse_soft=false",)),
+          "softsae softsae (x estimator)": lambda *a: jax_step("softsae", *a, overrides=("sae.k_input=x",)),
           "jax matmul": jax_matmul}[name]
 
 
@@ -356,6 +359,7 @@ def table(res: dict, batch: int) -> list[str]:
 SPEEDUPS = (  # (after, before): the same step with a speed-up of the library on and off
     ("softsae topk", "softsae topk (dense grads)", "sae.sparse_grads"),
     ("softsae softsae", "softsae softsae (dense soft phase)", "sae.sparse_soft"),
+    ("softsae softsae", "softsae softsae (x estimator)", "sae.k_input=top_acts"),
 )
 
 
@@ -412,7 +416,7 @@ def main():
   from _host import header
 
   names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae softsae",
-                       "softsae softsae (dense soft phase)", "torch topk (plain)",
+                       "softsae softsae (dense soft phase)", "softsae softsae (x estimator)", "torch topk (plain)",
                        "sparsify", "sae_lens", "jax matmul", "torch matmul") if not a.only or n in a.only.split(",")]
   w = TorchWorker(a.peers_python) if any(n in TORCH_NAMES for n in names) else None
   try:

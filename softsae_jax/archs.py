@@ -162,8 +162,8 @@ def _softsae_init(keys, w_enc_DF, cfg: SaeConfig) -> KEstimator:
 
 
 def _top_acts_width(cfg: SaeConfig) -> int:
-  """M: how many of the largest pre-activations the "top_acts" k-estimator reads."""
-  return min(cfg.kmax + 16, cfg.F)
+  """M: how many of the largest pre-activations the "top_acts" k-estimator reads (``sae.k_top``)."""
+  return min(cfg.k_top if cfg.k_top is not None else cfg.kmax + 16, cfg.F)
 
 
 def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None, mesh=None, *,
@@ -180,7 +180,7 @@ def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array 
   est: KEstimator = params.extra
   if cfg.k_input == "top_acts":
     m = _top_acts_width(cfg)
-    if top_BM is not None:
+    if top_BM is not None and top_BM.shape[1] >= m:
       # (a slice of lax.top_k's output can make XLA:CPU sort whole rows: only when the widths differ)
       top_BM = jax.lax.stop_gradient(top_BM if top_BM.shape[1] == m else top_BM[:, :m])
     else:
@@ -263,7 +263,7 @@ def _softsae_soft_candidates(params, x_BD, valid_B, alpha, kmax, k_loss, sae: Sa
   """
   num_m = topk_lib._candidate_count(sae.kmax, sae.F)
   pre_BF, top_BM, idx_BM = sae_lib.encode_top(params, x_BD, num_m, sae)
-  k_B = estimate_k(params, x_BD, sae, kmax, top_BM=top_BM)
+  k_B = estimate_k(params, x_BD, sae, kmax, pre_BF=pre_BF, top_BM=top_BM)
   score = (lambda a: a) if sae.soft_grad == "faithful" else jax.lax.stop_gradient
   cands = topk_lib.soft_topk_candidates(pre_BF, k_B, alpha, max_k=sae.kmax, top=(score(top_BM), idx_BM),
                                         full_weights=True)
@@ -538,8 +538,8 @@ def init_params(key: jax.Array, cfg: SaeConfig) -> Params:
   Examples:
     >>> cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4)
     >>> p = init_params(jax.random.key(0), cfg)
-    >>> p.w_dec.shape, p.w_enc.shape, p.extra.w_k1.shape
-    ((32, 8), (8, 32), (8, 32))
+    >>> p.w_dec.shape, p.w_enc.shape, p.extra.w_k1.shape  # the top_acts estimator: [k_max + 16, k_hidden]
+    ((32, 8), (8, 32), (24, 128))
     >>> init_params(jax.random.key(0), SaeConfig(arch="topk", d_in=8, n_latents=32, k=4)).extra is None
     True
   """

@@ -64,6 +64,8 @@ class SaeConfig:
       Spearman with the true k 0.84 (x: 0.49) and FVU 12% below TopK's at the same L0 (x: 2%); on
       MiniLM block 3, k = 32, 3 seeds, 0.982 x TopK's FVU at matched held-out L0 (x: 1.016).
     k_hidden: the "top_acts" estimator's hidden width.
+    k_top: how many top activations the "top_acts" estimator reads (M); None means min(k_max + 16, F).
+      A k sweep sets it to its largest member's, so every member has the same estimator shape.
     k_loss_weight: weight of the k-budget term softplus_beta(mean k-hat - budget).
     k_loss_beta: beta of that softplus (the authors': 5).
     k_control: "integral" (default): after the k anneal and before the hard phase, the hinge's budget
@@ -126,6 +128,7 @@ class SaeConfig:
   alpha_k: float = 0.0
   k_input: str = "top_acts"
   k_hidden: int = 128
+  k_top: int | None = None
   k_loss_weight: float = 1.0
   k_loss_beta: float = 5.0
   k_control: str = "integral"
@@ -156,6 +159,8 @@ class SaeConfig:
       raise ConfigError(f"sae.k_input must be 'x' or 'top_acts'; got {self.k_input!r}")
     if self.k_hidden < 1:
       raise ConfigError(f"sae.k_hidden must be >= 1; got {self.k_hidden}")
+    if self.k_top is not None and self.k_top < 1:
+      raise ConfigError(f"sae.k_top must be >= 1 (or None); got {self.k_top}")
     if self.soft_grad not in ("faithful", "stop"):
       raise ConfigError(f"sae.soft_grad must be 'faithful' or 'stop'; got {self.soft_grad!r}")
     if self.compute_dtype not in ("float32", "bfloat16"):
@@ -468,6 +473,10 @@ class Config:
     # A k sweep keeps k_max unset: each member's default k_max is 2 x its own k.
     auto_kmax = sae.arch == "softsae" and not self.sweep.k
     sae = dataclasses.replace(sae, n_latents=sae.F, k_max=sae.kmax if auto_kmax else sae.k_max)
+    if sae.arch == "softsae" and sae.k_input == "top_acts" and sae.k_top is None and self.sweep.k:
+      # one estimator shape for every member: the largest member's k_max + 16
+      kmaxes = [sae.k_max if sae.k_max is not None else 2 * k for k in self.sweep.k]
+      sae = dataclasses.replace(sae, k_top=min(max(kmaxes) + 16, sae.F))
     if sae.F % self.mesh.model:
       raise ConfigError(f"mesh.model ({self.mesh.model}) must divide sae.n_latents ({sae.F})")
     out = dataclasses.replace(self, sae=sae)

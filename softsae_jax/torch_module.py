@@ -262,6 +262,7 @@ def register_with_sae_lens() -> tuple[Any, Any]:
     k_max: int = 64
     k_input: str = "x"  # "top_acts": the estimator reads the top min(k_max + 16, d_sae) activations
     k_hidden: int = 128  # the "top_acts" estimator's hidden width
+    k_top: int | None = None  # how many top activations it reads (None: min(k_max + 16, d_sae))
 
     @classmethod
     def architecture(cls) -> str:
@@ -275,7 +276,8 @@ def register_with_sae_lens() -> tuple[Any, Any]:
       kw = {"dtype": self.dtype, "device": self.device}
       d, f = self.cfg.d_in, self.cfg.d_sae
       self.b_enc = nn.Parameter(torch.zeros(f, **kw))
-      m, h = (min(self.cfg.k_max + 16, f), self.cfg.k_hidden) if self.cfg.k_input == "top_acts" else (d, f)
+      top = self.cfg.k_max + 16 if self.cfg.k_top is None else self.cfg.k_top
+      m, h = (min(top, f), self.cfg.k_hidden) if self.cfg.k_input == "top_acts" else (d, f)
       self.W_k1 = nn.Parameter(torch.zeros(m, h, **kw))
       self.b_k1 = nn.Parameter(torch.zeros(h, **kw))
       self.w_k2 = nn.Parameter(torch.zeros(h, **kw))

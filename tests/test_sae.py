@@ -314,3 +314,17 @@ def test_top_acts_estimator_reads_the_sorted_top_preactivations():
   # Capped at F: M = min(k_max + 16, F).
   small = SaeConfig(arch="softsae", d_in=8, n_latents=12, k=3, k_max=6, k_input="top_acts", k_hidden=5)
   assert init_params(jax.random.key(0), small).extra.w_k1.shape == (12, 5)
+
+
+def test_a_k_sweep_gives_every_member_the_same_top_acts_width():
+  """sae.k_top: a k sweep's members (k_max = 2k each) share the largest member's estimator width, so
+  their states stack and each member's own config trains the same shapes alone."""
+  from softsae_jax import config as config_lib
+
+  cfg = config_lib.Config(sae=SaeConfig(arch="softsae", k=8, n_latents=200),
+                          sweep=config_lib.SweepConfig(k=(4, 8, 16))).resolve(16)
+  assert cfg.sae.k_top == 2 * 16 + 16
+  shapes = {init_params(jax.random.key(0), m.config.sae).extra.w_k1.shape for m in cfg.members()}
+  assert shapes == {(48, 128)} and [m.config.sae.kmax for m in cfg.members()] == [8, 16, 32]
+  single = config_lib.Config(sae=SaeConfig(arch="softsae", k=8, n_latents=200)).resolve(16)
+  assert single.sae.k_top is None and init_params(jax.random.key(0), single.sae).extra.w_k1.shape == (32, 128)

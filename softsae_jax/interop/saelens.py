@@ -83,6 +83,8 @@ def export(t: Trained, out: str, *, metadata: dict[str, Any], block: dict[str, A
     cfg.update(k=sae.k, k_max=sae.kmax)
     if sae.k_input != "x":  # the authors' estimator (x) adds no fields: those exports are unchanged
       cfg.update(k_input=sae.k_input, k_hidden=sae.k_hidden)
+      if sae.k_top is not None:
+        cfg.update(k_top=sae.k_top)
   cfg["metadata"] = {"sae_lens_version": SAE_LENS_FORMAT_VERSION, "sae_lens_training_version": None,
                      **metadata, BLOCK: block}
   tensors = {k: np.array(v, np.float32, order="C") for k, v in tensors.items()}
@@ -153,11 +155,13 @@ def import_(in_dir: str) -> Imported:
             "b_k1": (f,), "w_k2": (f,), "b_k2": ()}
   k_input = raw.get("k_input", "x")
   if arch == "softsae" and k_input != "x":
-    k_max, h = raw.get("k_max"), raw.get("k_hidden")
-    if k_input != "top_acts" or not isinstance(k_max, int) or not isinstance(h, int) or h < 1:
-      raise ConvertError(f"{cfg_path}: k_input must be 'x' or 'top_acts' (with integer k_max and k_hidden >= 1); "
-                         f"got k_input={k_input!r}, k_max={k_max!r}, k_hidden={h!r}")
-    shapes.update(W_k1=(min(k_max + 16, f), h), b_k1=(h,), w_k2=(h,))
+    k_max, h, k_top = raw.get("k_max"), raw.get("k_hidden"), raw.get("k_top")
+    if (k_input != "top_acts" or not isinstance(k_max, int) or not isinstance(h, int) or h < 1
+        or not (k_top is None or (isinstance(k_top, int) and k_top >= 1))):
+      raise ConvertError(f"{cfg_path}: k_input must be 'x' or 'top_acts' (with integer k_max, k_hidden >= 1 and "
+                         f"k_top >= 1 or absent); got k_input={k_input!r}, k_max={k_max!r}, k_hidden={h!r}, "
+                         f"k_top={k_top!r}")
+    shapes.update(W_k1=(min(k_max + 16 if k_top is None else k_top, f), h), b_k1=(h,), w_k2=(h,))
   for name, a in ts.items():
     if name == "b_k2" and a.shape == (1,):
       a = ts[name] = a.reshape(())
@@ -185,7 +189,8 @@ def import_(in_dir: str) -> Imported:
     k, k_max = raw.get("k"), raw.get("k_max")
     if not isinstance(k, int) or not isinstance(k_max, int):
       raise ConvertError(f"{cfg_path}: fields k and k_max must be integers, got {k!r}, {k_max!r}")
-    est_kw = {"k_input": k_input} if k_input == "x" else {"k_input": k_input, "k_hidden": ts["b_k1"].shape[0]}
+    est_kw = {"k_input": k_input} if k_input == "x" else {"k_input": k_input, "k_hidden": ts["b_k1"].shape[0],
+                                                           "k_top": raw.get("k_top")}
     cfg = (config_from_block(block, "softsae", d, f, k=k, k_max=k_max, **est_kw)
            or make_config("softsae", d, f, k=k, k_max=k_max, where=cfg_path, **est_kw))
     extra = KEstimator(w_k1=ts["W_k1"], b_k1=ts["b_k1"], w_k2=ts["w_k2"], b_k2=ts["b_k2"])
