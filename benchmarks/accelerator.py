@@ -26,8 +26,11 @@ backward = 2x forward, the usual 6N convention; AuxK is not counted, it runs onl
 * ``topk``: forward = encoder 2DF + sparse decoder 2kD (k rows of W_dec gathered per token);
   model FLOPs = 3 x (2DF + 2kD) = 6DF + 6kD.
 * ``softsae`` (soft phase): the soft top-k weights every latent, so the decoder is dense: forward =
-  encoder 2DF + decoder 2FD + the k-estimator D -> F -> 1 (2DF + 2F);
-  model FLOPs = 3 x (6DF + 2F) = 18DF + 6F.
+  encoder 2DF + decoder 2FD + the k-estimator: with the default ``sae.k_input=top_acts`` an
+  M -> H -> 1 MLP on the M = min(2k + 16, F) top activations (2MH + 2H, H = 128), model FLOPs =
+  3 x (4DF + 2MH + 2H); with the authors' ``k_input=x`` a D -> F -> 1 MLP (2DF + 2F), model FLOPs =
+  3 x (6DF + 2F) = 18DF + 6F. (On the CPU the candidates' soft phase decodes from M latents only;
+  the convention keeps the architecture's dense decoder, so the CPU's MFU is a lower bound.)
 * dense decoders (``batchtopk``, ``matryoshka``, ``relu``, ``jumprelu``): 3 x (2DF + 2FD) = 12DF.
 
 The convention counts the encoder's input gradient, which the step never computes (x is data): the
@@ -101,8 +104,9 @@ def peak_tflops(device_kind: str) -> float | None:
   return None
 
 
-def model_flops_per_token(arch: str, d: int, f: int, k: int) -> float:
+def model_flops_per_token(arch: str, d: int, f: int, k: int, k_input: str = "top_acts", k_hidden: int = 128) -> float:
   """Model FLOPs of one training token (forward + backward = 3 x forward); see the module docstring.
+  ``k_input``, ``k_hidden``: SoftSAE's k-estimator (``sae.k_input``, ``sae.k_hidden``).
 
   Examples:
     >>> model_flops_per_token("topk", 2304, 65536, 32) / 1e9
@@ -111,7 +115,9 @@ def model_flops_per_token(arch: str, d: int, f: int, k: int) -> float:
   if arch == "topk":
     return 3.0 * (2 * d * f + 2 * k * d)
   if arch == "softsae":
-    return 3.0 * (6 * d * f + 2 * f)
+    m = min(2 * k + 16, f)
+    estimator = 2 * m * k_hidden + 2 * k_hidden if k_input == "top_acts" else 2 * d * f + 2 * f
+    return 3.0 * (4 * d * f + estimator)
   return 3.0 * (4 * d * f)
 
 

@@ -58,7 +58,8 @@ def test_peak_table_and_flop_formulas():
   assert accelerator.peak_tflops("cpu") is None
   d, f, k = 2304, 65536, 32
   assert accelerator.model_flops_per_token("topk", d, f, k) == 6 * d * f + 6 * k * d
-  assert accelerator.model_flops_per_token("softsae", d, f, k) == 18 * d * f + 6 * f
+  assert accelerator.model_flops_per_token("softsae", d, f, k, k_input="x") == 18 * d * f + 6 * f
+  assert accelerator.model_flops_per_token("softsae", d, f, k) == 3 * (4 * d * f + 2 * 80 * 128 + 2 * 128)
   assert accelerator.model_flops_per_token("batchtopk", d, f, k) == 12 * d * f
 
 
