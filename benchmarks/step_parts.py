@@ -121,7 +121,9 @@ def pieces(arch: str, d: int, f: int, k: int, b: int, sparse_grads: str = "auto"
     acts_BF = pre_BF * c.full
     acts_BM = top_BM * c.w
     v_BM = jnp.asarray(rng.normal(size=(b, num_m)).astype(np.float32))
-    est_grad = jax.jit(jax.value_and_grad(lambda e, x: jnp.sum(archs.estimate_k(params._replace(extra=e), x, sae))))
+    # The step hands the estimator its candidates (top_acts reads them; the x estimator ignores them).
+    est_grad = jax.jit(jax.value_and_grad(
+        lambda e, x, t: jnp.sum(archs.estimate_k(params._replace(extra=e), x, sae, top_BM=t))))
 
     def enc_bwd(x, w_enc, b_dec, pre, top, idx, d_pre, d_top):
       res = (x, w_enc, b_dec, pre, top, idx)
@@ -133,7 +135,7 @@ def pieces(arch: str, d: int, f: int, k: int, b: int, sparse_grads: str = "auto"
     del out["encoder forward (x W_enc, ReLU)"]  # part of the next piece
     out.update({
         f"encoder forward + lax.top_k (M={num_m} candidates)": (enc_top, (params, x_BD)),
-        "k-estimator forward + backward": (est_grad, (params.extra, x_BD)),
+        f"k-estimator forward + backward (sae.k_input={sae.k_input})": (est_grad, (params.extra, x_BD, top_BM)),
         f"soft top-k on the candidates forward + backward (alpha={sae.alpha:g}, M={num_m})": (
             soft_grad, (top_BM, k_B, pre_BF, idx_BM, v_BM)),
         "full weights for the statistics (pre * w over [B, F])": (
