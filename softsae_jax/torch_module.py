@@ -213,11 +213,14 @@ class SaeModule(nn.Module):
     return bool(torch.allclose(norms, torch.ones_like(norms), atol=tol))
 
 
-def _keep_top(acts: torch.Tensor, count: torch.Tensor, max_k: int) -> torch.Tensor:
-  """Keeps the ``count`` (per row, <= max_k) largest entries of the last axis, zeros elsewhere."""
+def _keep_top(acts: torch.Tensor, count: torch.Tensor, max_k: int, values: torch.Tensor | None = None) -> torch.Tensor:
+  """Keeps the ``count`` (per row, <= max_k) largest entries of the last axis, zeros elsewhere; with
+  ``values``, ranks by ``acts`` and keeps ``values``' entries at those places."""
   if max_k <= 0:
     return torch.zeros_like(acts)
   vals, idx = torch.topk(acts, max_k, dim=-1)
+  if values is not None:
+    vals = values.gather(-1, idx)
   keep = torch.arange(max_k, device=acts.device) < count.unsqueeze(-1)
   return torch.zeros_like(acts).scatter(-1, idx, vals * keep)
 
@@ -269,7 +272,11 @@ def register_with_sae_lens() -> tuple[Any, Any]:
       return "softsae"
 
   class SoftSAELens(SAE):
-    """SoftSAE for SAELens: top-floor(k-hat) of relu((x - b_dec) W_enc + b_enc), k-hat from the estimator."""
+    """SoftSAE for SAELens: top-floor(k-hat) of relu((x - b_dec) W_enc + b_enc), k-hat from the estimator.
+
+    ``rank_scale`` [d_sae] (None until :meth:`fold_W_dec_norm`) maps the activations back to the
+    unfolded ones, which the top-k selection and the top_acts estimator read.
+    """
 
     def initialize_weights(self) -> None:
       super().initialize_weights()
@@ -282,16 +289,24 @@ def register_with_sae_lens() -> tuple[Any, Any]:
       self.b_k1 = nn.Parameter(torch.zeros(h, **kw))
       self.w_k2 = nn.Parameter(torch.zeros(h, **kw))
       self.b_k2 = nn.Parameter(torch.zeros((), **kw))
+      # None until fold_W_dec_norm; a non-persistent buffer: follows .to(), not in the state dict (SAELens
+      # builds the module on the meta device and loads exactly the saved tensors)
+      self.register_buffer("rank_scale", None, persistent=False)
 
     def estimate_k(self, x: torch.Tensor) -> torch.Tensor:
       sae_in = self.process_sae_in(x)
-      return _k_hat(self, sae_in, sae_in @ self.W_enc + self.b_enc)
+      return _k_hat(self, sae_in, self._unfolded(sae_in @ self.W_enc + self.b_enc))
+
+    def _unfolded(self, pre: torch.Tensor) -> torch.Tensor:
+      return pre if self.rank_scale is None else pre * self.rank_scale
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
       sae_in = self.process_sae_in(x)
       pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+      ranked = self._unfolded(pre)  # rank_scale > 0: the same ReLU zeros
       k_max = min(int(self.cfg.k_max), self.cfg.d_sae)
-      return self.hook_sae_acts_post(_keep_top(torch.relu(pre), torch.floor(_k_hat(self, sae_in, pre)), k_max))
+      codes = _keep_top(torch.relu(ranked), torch.floor(_k_hat(self, sae_in, ranked)), k_max, values=torch.relu(pre))
+      return self.hook_sae_acts_post(codes)
 
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
       out = self.hook_sae_recons(feature_acts @ self.W_dec + self.b_dec)
@@ -300,12 +315,12 @@ def register_with_sae_lens() -> tuple[Any, Any]:
 
     @torch.no_grad()
     def fold_W_dec_norm(self) -> None:
-      """A no-op for unit-norm decoder rows (ours); otherwise folding would change the top-k, so refuse
-      (``NotImplementedError``, which SAEBench catches, as for SAELens's TopK without rescaling)."""
-      norms = self.W_dec.float().norm(dim=-1)
-      if not torch.allclose(norms, torch.ones_like(norms), atol=1e-5):
-        raise NotImplementedError("folding non-unit decoder norms would change SoftSAE's top-k selection")
-      super().fold_W_dec_norm()
+      """SAELens's fold (unit decoder rows, their norms into W_enc and b_enc), exact for SoftSAE too:
+      ``rank_scale`` divides by the norms, so the selection and k-hat read the unfolded activations
+      and ``decode(encode(x))`` is unchanged. ``rank_scale`` is not saved (SAELens loads our files
+      strictly): save before folding, or fold again after loading."""
+      scale = 1.0 / self.fold_and_get_W_dec_norm()
+      self.rank_scale = scale if self.rank_scale is None else self.rank_scale * scale
 
   for c, name in ((SoftSAELensConfig, "SoftSAELensConfig"), (SoftSAELens, "SoftSAELens")):
     c.__module__, c.__qualname__ = __name__, name

@@ -85,11 +85,15 @@ def keep_top(acts, count):
 # ------------------------------------------------------------------------------------ hand-made files
 
 
-def write_saelens_softsae(path, rng, d=D, f=64, k=3, k_max=6, hook="blocks.5.hook_resid_post", k_input="x"):
+def write_saelens_softsae(path, rng, d=D, f=64, k=3, k_max=6, hook="blocks.5.hook_resid_post", k_input="x",
+                          unit=True):
   """A SAELens-format SoftSAE folder (our layout) with random weights; returns its tensors.
-  ``k_input="top_acts"``: the estimator reads the top k_max + 16 activations (hidden width 5)."""
+  ``k_input="top_acts"``: the estimator reads the top k_max + 16 activations (hidden width 5);
+  ``unit=False``: decoder rows of norms in [0.5, 2]."""
   os.makedirs(path)
   w_dec = unit_rows(rng, f, d)
+  if not unit:
+    w_dec = (w_dec * rng.uniform(0.5, 2.0, size=(f, 1))).astype(np.float32)
   m, h = (d, f) if k_input == "x" else (min(k_max + 16, f), 5)
   t = {"W_enc": (w_dec.T + 0.1 * rng.normal(size=(d, f))).astype(np.float32),
        "b_enc": (0.1 * rng.normal(size=f)).astype(np.float32), "W_dec": w_dec,
@@ -571,9 +575,10 @@ def test_real_sae_lens_loads_our_exports(runs, tmp_path):
       paths[name] = str(tmp_path / f"{arch}.{name}.npy")
       np.save(paths[name], np.asarray(arr, np.float32))
     cases.append({"dir": runs.export(arch, "saelens"), "softsae": arch_of(arch) == "softsae", **paths})
-  # SoftSAE with sae.k_input=top_acts (a hand-written folder, NumPy reference)
+  # SoftSAE with sae.k_input=top_acts and non-unit decoder rows, so that fold_W_dec_norm must keep the
+  # selection and k-hat exact (a hand-written folder, NumPy reference)
   rng = np.random.default_rng(11)
-  t, _ = write_saelens_softsae(str(tmp_path / "top_acts"), rng, k_input="top_acts")
+  t, _ = write_saelens_softsae(str(tmp_path / "top_acts"), rng, k_input="top_acts", unit=False)
   xs = (2.0 * rng.normal(size=(64, D))).astype(np.float32)
   codes, recon, _ = softsae_reference(t, xs, 6)
   paths = {}
