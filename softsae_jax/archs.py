@@ -143,11 +143,11 @@ def _topk_final(params, x_BD, valid_B, k_B, max_k, sae: SaeConfig, mesh) -> Term
 
 
 def _softsae_init(keys, w_enc_DF, cfg: SaeConfig) -> KEstimator:
-  """The k-estimator's first layer is a separate copy of ``w_enc``; its second layer torch-default
-  uniform (docs/method.md §2.1)."""
+  """``k_input=x``: the k-estimator's first layer is a separate copy of ``w_enc``, its second layer
+  torch-default uniform; ``top_acts``: both layers torch-default uniform (docs/method.md §2.1, §2.2)."""
   k_w2, k_b2 = keys
   if cfg.k_input == "top_acts":  # M -> H -> 1, torch-default uniform layers
-    m, h = _top_acts_width(cfg), cfg.k_hidden
+    m, h = cfg.k_top_width, cfg.k_hidden
     k_w1 = jax.random.fold_in(k_w2, 1)
     b1, b2 = 1.0 / jnp.sqrt(m), 1.0 / jnp.sqrt(h)
     return KEstimator(w_k1=jax.random.uniform(k_w1, (m, h), jnp.float32, -b1, b1),
@@ -159,11 +159,6 @@ def _softsae_init(keys, w_enc_DF, cfg: SaeConfig) -> KEstimator:
                     b_k1=jnp.zeros((cfg.F,), jnp.float32),
                     w_k2=jax.random.uniform(k_w2, (cfg.F,), jnp.float32, -bound, bound),
                     b_k2=jax.random.uniform(k_b2, (), jnp.float32, -bound, bound))
-
-
-def _top_acts_width(cfg: SaeConfig) -> int:
-  """M: how many of the largest pre-activations the "top_acts" k-estimator reads (``sae.k_top``)."""
-  return min(cfg.k_top if cfg.k_top is not None else cfg.kmax + 16, cfg.F)
 
 
 def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array | None = None, mesh=None, *,
@@ -179,7 +174,7 @@ def estimate_k(params: Params, x_BD: jax.Array, cfg: SaeConfig, kmax: jax.Array 
   """
   est: KEstimator = params.extra
   if cfg.k_input == "top_acts":
-    m = _top_acts_width(cfg)
+    m = cfg.k_top_width
     if top_BM is not None and top_BM.shape[1] >= m:
       # (a slice of lax.top_k's output can make XLA:CPU sort whole rows: only when the widths differ)
       top_BM = jax.lax.stop_gradient(top_BM if top_BM.shape[1] == m else top_BM[:, :m])

@@ -218,6 +218,12 @@ class SaeConfig:
     return self.k_max if self.k_max is not None else min(2 * self.k, self.F)
 
   @property
+  def k_top_width(self) -> int:
+    """M, how many top activations the "top_acts" k-estimator reads: ``k_top``, else k_max + 16 (the soft
+    top-k's candidates); at most F."""
+    return min(self.k_top if self.k_top is not None else self.kmax + 16, self.F)
+
+  @property
   def k_aux(self) -> int:
     if self.top_k_aux is not None:
       return min(self.top_k_aux, self.F)
@@ -474,9 +480,8 @@ class Config:
     auto_kmax = sae.arch == "softsae" and not self.sweep.k
     sae = dataclasses.replace(sae, n_latents=sae.F, k_max=sae.kmax if auto_kmax else sae.k_max)
     if sae.arch == "softsae" and sae.k_input == "top_acts" and sae.k_top is None and self.sweep.k:
-      # one estimator shape for every member: the largest member's k_max + 16
-      kmaxes = [sae.k_max if sae.k_max is not None else 2 * k for k in self.sweep.k]
-      sae = dataclasses.replace(sae, k_top=min(max(kmaxes) + 16, sae.F))
+      # one estimator shape for every member: the largest member's
+      sae = dataclasses.replace(sae, k_top=max(dataclasses.replace(sae, k=k).k_top_width for k in self.sweep.k))
     if sae.F % self.mesh.model:
       raise ConfigError(f"mesh.model ({self.mesh.model}) must divide sae.n_latents ({sae.F})")
     out = dataclasses.replace(self, sae=sae)
