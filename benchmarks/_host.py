@@ -1,4 +1,4 @@
-"""What the speed scripts print about the host: CPU model, cores, load, library versions.
+"""What the speed scripts print about the host: CPU model, cores, load, library versions, malloc.
 
 Shared by benchmarks/peers.py, accelerator.py and data_path.py (imported as a sibling module: the
 scripts run as ``python benchmarks/NAME.py``, which puts this directory on ``sys.path``).
@@ -10,6 +10,12 @@ import os
 import platform
 import statistics
 import time
+
+from softsae_jax.host import reuse_freed_memory
+
+# What `softsae` does before anything runs (softsae_jax.host): importing this module does the same, so
+# every speed script times the steps as the command runs them. SOFTSAE_MALLOC=system times glibc's defaults.
+MALLOC = reuse_freed_memory()
 
 
 def cpu_model() -> str:
@@ -48,7 +54,7 @@ def header(*parts: str) -> str:
 
   dev = jax.devices()[0]
   fields = [time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), f"jax {jax.__version__}",
-            f"{dev.platform} ({dev.device_kind})", cpu_model(), cores(), f"load {load()}"]
+            f"{dev.platform} ({dev.device_kind})", cpu_model(), cores(), f"load {load()}", MALLOC]
   return "# " + " | ".join(fields + [p for p in parts if p])
 
 

@@ -26,6 +26,9 @@ import numpy as np
 from jax import lax
 
 from softsae_jax.topk import soft_topk
+from softsae_jax.host import reuse_freed_memory
+
+MALLOC = reuse_freed_memory()  # as `softsae` runs (softsae_jax.host); SOFTSAE_MALLOC=system for glibc's defaults
 
 
 def _cpu_name() -> str:
@@ -96,7 +99,7 @@ def main():
   ref_topk = jax.jit(lambda x_BF: lax.top_k(x_BF, max_k))
 
   print(f"jax {jax.__version__}, backend {jax.devices()[0].platform}, CPU: {_cpu_name()}, "
-        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {MALLOC}")
   print(f"B={num_b} F={num_f} max_k={max_k} float32; ratio = time(fwd+bwd) / time(lax.top_k)")
   header = (f"{'input':<18} {'k':>5} {'alpha':>6} {'path':<6} {'median':>6} {'best':>6} {'cpu':>6} "
             f"{'soft[s]':>8} {'topk[s]':>8}")

@@ -25,6 +25,9 @@ import numpy as np
 from softsae_jax import config as config_lib
 from softsae_jax.optim import make_optimizer
 from softsae_jax.train import init_train_state, train_step
+from softsae_jax.host import reuse_freed_memory
+
+MALLOC = reuse_freed_memory()  # as `softsae` runs (softsae_jax.host); SOFTSAE_MALLOC=system for glibc's defaults
 
 
 def _time(fn, *args, iters):
@@ -92,7 +95,7 @@ def main():
   ap.add_argument("--archs", default="topk,softsae")
   a = ap.parse_args()
   print(f"# jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or platform.machine()}, "
-        f"d={a.d} F={a.f} k={a.k} B={a.batch}")
+        f"d={a.d} F={a.f} k={a.k} B={a.batch}, {MALLOC}")
   print(f"{'arch':10s} {'step_s':>8s} {'tokens/s':>10s} {'matmul_s':>9s} {'step/matmul':>12s}")
   for arch in a.archs.split(","):
     n_mm = 7 if arch == "softsae" else 5

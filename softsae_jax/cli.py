@@ -149,7 +149,15 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """``softsae``: parses ``argv`` (default ``sys.argv[1:]``) and runs the command; returns the exit status."""
+  """``softsae``: parses ``argv`` (default ``sys.argv[1:]``) and runs the command; returns the exit status.
+
+  Before anything runs, glibc malloc is set to keep freed memory for reuse (:mod:`softsae_jax.host`;
+  ``SOFTSAE_MALLOC=system`` leaves it alone): XLA:CPU's steps then stop page-faulting on the memory
+  they freed one step earlier.
+  """
+  from softsae_jax.host import reuse_freed_memory
+
+  reuse_freed_memory()
   _quiet_libraries()
   args = build_parser().parse_args(argv)
   return run_command(args.func, args, resumable=args.resumable)
