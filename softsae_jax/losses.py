@@ -37,7 +37,8 @@ def k_budget_loss(k_B, budget, beta, valid_B):
   return jax.nn.softplus(beta * delta) / beta
 
 
-def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=None, run=None):
+def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=None, run=None, *, x_BD=None,
+              compute_dtype="float32"):
   """AuxK: reconstruct the residual from the k_aux largest activations of dead latents.
 
   ``pre_BF`` are post-ReLU activations before top-k; ``err_BD`` the residual x - recon (its
@@ -48,6 +49,14 @@ def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=
   ``run``: the predicate of the "compute at all" ``cond`` when given (a sweep passes "any member has
   dead latents", unbatched, so the vmap over members keeps the ``cond``); the result is still 0 for a
   member with nothing dead.
+
+  ``x_BD`` (the normalised batch ``pre_BF`` was computed from; one device, not a sweep): on steps with
+  at most k_aux dead latents (in training runs, most steps that have any) every row's selection is
+  the set of dead latents itself, so the same loss is computed from those columns alone
+  (:func:`_auxk_few`): their pre-activations recomputed by a [B, D] x [D, k_aux] matmul and decoded
+  by a [B, k_aux] x [k_aux, D] one, with gradients to the same parameters, instead of a selection over
+  all F latents, a dense decode and a dense [B, F] gradient into the encoder (about 5 [B, D] x [D, F]
+  matmuls; docs/benchmarks.md). More dead latents take the full path.
   """
   from softsae_jax import parallel
 
@@ -60,14 +69,39 @@ def auxk_loss(params: Params, pre_BF, err_BD, dead_F, k_aux: int, valid_B, mesh=
     # Decoded dense (scatter, then one matmul): k_aux is D/2, so gathering k_aux decoder rows per
     # row would materialise B*k_aux*D floats.
     aux_BD, _ = parallel.topk_decode(masked_BF, count_B, k_aux, params.w_dec, mesh, dense_decode=True)
-    n = _n(valid_B)
-    num = jnp.sum(jnp.sum(jnp.square(err_BD - aux_BD), axis=1) * valid_B) / n
-    mean_D = jnp.sum(err_BD * valid_B[:, None], axis=0) / n
-    den = jnp.sum(jnp.sum(jnp.square(err_BD - mean_D[None, :]), axis=1) * valid_B) / n
-    out = num / den
-    return jnp.where(jnp.isfinite(out) & (n_dead > 0), out, 0.0)
+    return _auxk_ratio(err_BD, aux_BD, valid_B, n_dead)
 
-  return jax.lax.cond(n_dead > 0 if run is None else run, compute, lambda _: jnp.zeros((), jnp.float32), None)
+  zero = lambda _: jnp.zeros((), jnp.float32)  # noqa: E731
+  if x_BD is None or mesh is not None or run is not None:
+    return jax.lax.cond(n_dead > 0 if run is None else run, compute, zero, None)
+  few = lambda _: _auxk_few(params, x_BD, err_BD, dead_F, n_dead, k_aux, valid_B, compute_dtype)  # noqa: E731
+  branch = (n_dead > 0).astype(jnp.int32) + (n_dead > k_aux).astype(jnp.int32)
+  return jax.lax.switch(branch, (zero, few, compute), None)
+
+
+def _auxk_few(params: Params, x_BD, err_BD, dead_F, n_dead, k_aux: int, valid_B, compute_dtype):
+  """AuxK when at most k_aux latents are dead: each row's k_aux largest dead activations are all of
+  the dead latents (a ReLU zero among them decodes to nothing, as in the full selection)."""
+  from softsae_jax.sae import affine
+
+  a = min(k_aux, dead_F.shape[0])
+  cols_A = jnp.nonzero(dead_F, size=a, fill_value=0)[0]  # the dead latents, ascending; then padding
+  live_A = jnp.arange(a) < n_dead
+  pre_BA = jax.nn.relu(affine(x_BD, params.b_dec, jnp.take(params.w_enc, cols_A, axis=1),
+                              jnp.take(params.b_enc, cols_A), compute_dtype))
+  acts_BA = jnp.where(live_A[None, :], pre_BA, 0.0)
+  aux_BD = acts_BA @ jnp.take(params.w_dec, cols_A, axis=0).astype(jnp.float32)
+  return _auxk_ratio(err_BD, aux_BD, valid_B, n_dead)
+
+
+def _auxk_ratio(err_BD, aux_BD, valid_B, n_dead):
+  """||err - aux||^2 over the residual's total variance (valid rows), 0 where not finite or nothing is dead."""
+  n = _n(valid_B)
+  num = jnp.sum(jnp.sum(jnp.square(err_BD - aux_BD), axis=1) * valid_B) / n
+  mean_D = jnp.sum(err_BD * valid_B[:, None], axis=0) / n
+  den = jnp.sum(jnp.sum(jnp.square(err_BD - mean_D[None, :]), axis=1) * valid_B) / n
+  out = num / den
+  return jnp.where(jnp.isfinite(out) & (n_dead > 0), out, 0.0)
 
 
 def l1_penalty(acts_BF, w_dec_FD, valid_B):

@@ -127,7 +127,7 @@ def _loss_fn(params: Params, x_BD, valid_B, dead_F, sched: archs.Schedule, cfg: 
   """Scalar loss and the arch's terms and AuxK for one batch: main + sparsity + auxk_alpha * AuxK."""
   terms = archs.get(cfg.sae.arch).train_terms(params, x_BD, valid_B, sched, cfg, mesh)
   aux = losses.auxk_loss(params, terms.pre_BF, x_BD - terms.recon_BD, dead_F, cfg.sae.k_aux, valid_B, mesh,
-                         run=any_dead)
+                         run=any_dead, x_BD=x_BD, compute_dtype=cfg.sae.compute_dtype)
   return terms.main + terms.sparsity + cfg.sae.auxk_alpha * aux, (terms, aux)
 
 

@@ -151,6 +151,42 @@ def test_auxk_is_exactly_zero_without_dead_latents(setup):
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
 
 
+@pytest.mark.parametrize("arch,sparse", [("topk", "on"), ("topk", "off"), ("softsae", "on"), ("batchtopk", "off")])
+@pytest.mark.parametrize("n_dead", [1, 6, 7])
+def test_auxk_from_the_dead_columns_equals_the_full_selection(arch, sparse, n_dead):
+  """With at most k_aux dead latents, AuxK computed from their columns alone (x_BD given) has the
+  value and every parameter gradient of the selection over all F latents; more take the full path."""
+  from softsae_jax import archs, config as config_lib
+  from softsae_jax.train import schedules
+
+  d, f, b = 12, 40, 9
+  sae = SaeConfig(arch=arch, d_in=d, n_latents=f, k=4, k_max=8, top_k_aux=6, sparse_grads=sparse)
+  cfg = config_lib.Config(sae=sae, train=config_lib.TrainConfig(steps=100, k_anneal_frac=0.0, alpha_anneal_frac=0.0))
+  params = init_params(jax.random.key(3), sae)
+  rng = np.random.default_rng(n_dead)
+  params = params._replace(b_enc=jnp.asarray(rng.normal(0, 0.3, f), jnp.float32),
+                           b_dec=jnp.asarray(rng.normal(0, 0.1, d), jnp.float32))
+  x = jnp.asarray(rng.normal(size=(b, d)), jnp.float32)
+  valid = jnp.asarray([1.0] * (b - 1) + [0.0])
+  dead = np.zeros(f, bool)
+  dead[rng.choice(f, n_dead, replace=False)] = True
+  sched = schedules(cfg, 50)
+
+  def loss(p, compact):
+    terms = archs.get(arch).train_terms(p, x, valid, sched, cfg, None)
+    return losses.auxk_loss(p, terms.pre_BF, x - terms.recon_BD, jnp.asarray(dead), sae.k_aux, valid,
+                            x_BD=x if compact else None)
+
+  v_full, g_full = jax.value_and_grad(loss)(params, False)
+  v_cols, g_cols = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, True)
+  assert float(v_full) > 0
+  np.testing.assert_allclose(v_cols, v_full, rtol=1e-5)
+  for name, a, c in zip(params._fields, g_full, g_cols):
+    for la, lc in zip(jax.tree.leaves(a), jax.tree.leaves(c)):
+      np.testing.assert_allclose(lc, la, rtol=1e-4, atol=1e-6, err_msg=name)
+  assert float(jnp.abs(g_cols.w_enc).max()) > 0  # the encoder does get AuxK's gradient
+
+
 def test_init_follows_the_method():
   cfg = SaeConfig(arch="softsae", d_in=8, n_latents=32, k=4, k_input="x")  # the authors' estimator
   p = init_params(jax.random.key(0), cfg)
