@@ -30,8 +30,23 @@ def inputs(b: int, d: int, seed: int = 0, dtype=np.float32) -> np.ndarray:
   return np.random.default_rng(seed).normal(size=(b, d)).astype(dtype)
 
 
-def build(arch: str, d: int, f: int, k: int, b: int, *, overrides=(), x_dtype=np.float32, seed: int = 0) -> Step:
-  """The step ``softsae train`` compiles for these shapes, on a 1x1 mesh of the first device."""
+# Dead latents in a training run's steps: in the MiniLM runs (docs/results.md) 55-68% of the logged steps
+# had some, a median 0.13% of the latents; the "(dead latents)" contenders have 0.1% of F dead.
+DEAD_FRAC = 0.001
+
+
+def dead_latents(f: int) -> np.ndarray:
+  """The latents a "(dead latents)" contender holds dead: 0.1% of F (at least 1), spread over [0, F)."""
+  n = max(1, round(DEAD_FRAC * f))
+  return (np.arange(n) * (f // n)).astype(np.int32)
+
+
+def build(arch: str, d: int, f: int, k: int, b: int, *, overrides=(), x_dtype=np.float32, seed: int = 0,
+          dead: bool = False) -> Step:
+  """The step ``softsae train`` compiles for these shapes, on a 1x1 mesh of the first device.
+
+  ``dead``: :func:`dead_latents` are dead (past the dead-token window) and stay so (encoder bias -100:
+  they never fire), so AuxK runs on every step, as on most steps of a training run."""
   import jax
 
   from softsae_jax import config as config_lib
@@ -50,6 +65,10 @@ def build(arch: str, d: int, f: int, k: int, b: int, *, overrides=(), x_dtype=np
   # The trainer starts b_dec at the first batch's geometric median; the mean is as good for timing.
   state = init_sharded(jax.random.key(seed), cfg, tx, mesh, b_dec_D=(x64.mean(0) / nf).astype(np.float32),
                        norm_factor=nf)
+  if dead:
+    idx = dead_latents(f)
+    params = state.params._replace(b_enc=state.params.b_enc.at[idx].set(-100.0))
+    state = state._replace(params=params, since_fired_F=state.since_fired_F.at[idx].set(cfg.dead_tokens))
   rows_sh, mask_sh = sharding.batch_shardings(mesh)
   return Step(cfg, tx, mesh, make_train_step(cfg, tx, mesh), state, to_global(x_BD, rows_sh, x_BD.shape),
               to_global(np.ones((b,), bool), mask_sh, (b,)))

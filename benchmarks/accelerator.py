@@ -4,7 +4,8 @@ Run:  python benchmarks/accelerator.py                 # d=2304 F=65536 k=32 B=8
       python benchmarks/accelerator.py --small         # d=256 F=4096 k=32 B=1024: a CPU check (seconds)
       python benchmarks/accelerator.py --compile-only  # memory and XLA's FLOP count only, nothing run
       python benchmarks/accelerator.py --d 768 --f 16384 --k 64 --batch 1024 --dtype float32 --profile 3
-                    # + the top XLA ops of 3 traced steps (GPU/TPU; on XLA:CPU use benchmarks/step_parts.py)
+                    # + the top XLA ops of 3 traced steps (any backend; on a CPU pin it to one core:
+                    #   taskset -c 0 ..., so that the ops' times add up to the step's)
 
 What is timed: ``make_train_step`` (the jit ``softsae train`` runs: state donated, one device), lowered
 and compiled once with ``jax.jit(...).lower(...).compile()``, then ``--warmup`` steps and the median of
@@ -47,8 +48,6 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
-import gzip
-import json
 import os
 import re
 import statistics
@@ -264,29 +263,28 @@ def profile_ops(step, n: int, hlo_text: str, top: int = 15) -> tuple[list[dict],
   """Runs ``step()`` ``n`` times under ``jax.profiler``; returns the ``top`` XLA ops by exclusive time
   per step, [{"op", "ms", "share", "calls", "label"}], and the sum over all ops per step in ms.
 
-  Where ops run in order (GPU and TPU kernels) the times are the ops'. On XLA:CPU a dot is dispatched
-  asynchronously: its event ends at once and its work is missing from the sum (compare the sum with
-  the step time); benchmarks/step_parts.py times the pieces of the step separately instead.
-
-  The trace's per-op events carry ``args.hlo_op``; ``label`` is the op's jax name path and output
-  shape from the compiled HLO. Ops of other modules are left out.
+  Read from the trace's XSpace (``jax.profiler.ProfileData``): every event named after an instruction
+  of the compiled step, on any plane and line (GPU/TPU kernels; on XLA:CPU the thunks, which emit
+  events only with ``--xla_cpu_enable_xprof_traceme=true``, set by :func:`main` when ``--profile`` is
+  given), its duration less that of the op events nested in it on the same line (a while or cond
+  thunk contains its body's). On one CPU core the sum over ops is the step's time less the executor's
+  own work; ``label`` is the op's jax name path and output shape from the compiled HLO.
   """
   labels = _hlo_labels(hlo_text)
   with tempfile.TemporaryDirectory() as tmp:
-    jax.profiler.start_trace(tmp, create_perfetto_trace=True)
+    jax.profiler.start_trace(tmp)
     try:
       for _ in range(n):
         step()
     finally:
       jax.profiler.stop_trace()
-    paths = glob.glob(os.path.join(tmp, "**", "perfetto_trace.json.gz"), recursive=True)
+    paths = glob.glob(os.path.join(tmp, "**", "*.xplane.pb"), recursive=True)
     if not paths:
       return [], 0.0
-    with gzip.open(paths[0]) as fh:
-      trace = json.load(fh)
-  events = [e for e in (trace["traceEvents"] if isinstance(trace, dict) else trace)
-            if e.get("ph") == "X" and (e.get("args") or {}).get("hlo_op")
-            and "train_step" in str(e["args"].get("hlo_module", ""))]
+    data = jax.profiler.ProfileData.from_file(paths[0])
+    events = [{"ts": ev.start_ns / 1e3, "dur": ev.duration_ns / 1e3, "pid": plane.name, "tid": line.name,
+               "args": {"hlo_op": ev.name}}
+              for plane in data.planes for line in plane.lines for ev in line.events if ev.name in labels]
   dur, calls = collections.Counter(), collections.Counter()
   for op, us in _self_times(events):
     dur[op] += us
@@ -337,6 +335,8 @@ def main():
   ap.add_argument("--compile-only", action="store_true", help="memory and XLA FLOPs only; allocates nothing")
   ap.add_argument("--profile", type=int, default=0, metavar="N", help="trace N steps; print the top ops")
   a = ap.parse_args()
+  if a.profile:  # before the backend starts: XLA:CPU's thunks trace themselves only with this flag
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
   size = dict(SMALL if a.small else FULL)
   size.update({key: v for key, v in (("d", a.d), ("f", a.f), ("k", a.k), ("batch", a.batch), ("dtype", a.dtype))
                if v is not None})

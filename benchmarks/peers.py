@@ -25,6 +25,10 @@ float32, Adam, on one device:
   sparse soft phase), likewise.
 * ``softsae softsae (x estimator)``: the same SoftSAE step with ``sae.k_input=x`` (the authors'
   k-estimator, a second D -> F layer on x; the default before the top_acts estimator), likewise.
+* ``softsae topk (dead latents)``, ``softsae softsae (dead latents)``: the same steps with 0.1% of the
+  latents dead (past the dead-token window, and kept so), so that AuxK runs, as it does on most steps
+  of a training run (55-68% of the logged steps of the MiniLM runs had dead latents, a median 0.13%
+  of them). The other ``softsae`` rows have none: AuxK is skipped there.
 * ``torch topk (plain)``: a plain PyTorch TopK SAE step: ReLU encoder, ``torch.topk``, the codes
   scattered into a dense [B, F] tensor and decoded by one dense matmul, MSE, ``loss.backward()``,
   ``torch.optim.Adam``, decoder rows renormalised (:class:`PlainTopK`).
@@ -32,8 +36,15 @@ float32, Adam, on one device:
   index-add backward) with the per-step work of its ``Trainer.fit`` for one SAE: unit-norm decoder,
   forward, FVU loss, backward, parallel-gradient removal, Adam step, dead-latent bookkeeping.
   (sparsify's default optimizer is signum; Adam, its other built-in, is used to match the others.)
+  No AuxK (sparsify's default ``auxk_alpha`` is 0). ``sparsify (dead latents)``: the same latents dead
+  as in our "(dead latents)" rows, with AuxK on at our weight (1/32), through its ``dead_mask``.
 * ``sae_lens``: SAELens's ``SAETrainer.step`` on a ``TopKTrainingSAE`` (its defaults: Adam, gradient
   clipping, decoder-norm rescaling of the activations, AuxK when latents are dead).
+* ``torch topk (plain) [same malloc]``, ``sparsify [same malloc]``: the same two steps in a second
+  worker whose glibc malloc keeps freed memory (``MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0
+  MALLOC_TRIM_THRESHOLD_=2147483647``), the setting ``softsae`` applies to itself
+  (:mod:`softsae_jax.host`; this script too, through ``_host``). The rows without the suffix are the
+  peers as their users run them; these show what is left of each ratio when the peers get it too.
 * Roofline rows: one dense [B, d] x [d, F] float32 matmul in each framework (the encoder's forward;
   a step whose decoder and gradients are all dense does 5 of them, SoftSAE's soft phase 7).
 
@@ -51,6 +62,7 @@ issue 13. Writes nothing; results are recorded in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -62,9 +74,15 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DEFAULT_SIZES = "384x4096x32,768x16384x64"
-TORCH_NAMES = ("torch topk (plain)", "sparsify", "sae_lens", "torch matmul")
-JAX_NAMES = ("softsae topk", "softsae topk (dense grads)", "softsae softsae", "softsae softsae (dense soft phase)",
-             "softsae softsae (x estimator)", "jax matmul")
+TORCH_NAMES = ("torch topk (plain)", "sparsify", "sparsify (dead latents)", "sae_lens", "torch matmul")
+# The same torch steps in a second worker whose glibc malloc keeps freed memory as `softsae` sets it for
+# itself (softsae_jax.host, here through glibc's environment variables): the peers with the allocator
+# setting that helps our step, so that what the setting buys is not counted as the trainer's speed.
+SAME_MALLOC = " [same malloc]"
+TORCH_SAME = ("torch topk (plain)" + SAME_MALLOC, "sparsify" + SAME_MALLOC, "sparsify (dead latents)" + SAME_MALLOC)
+JAX_NAMES = ("softsae topk", "softsae topk (dense grads)", "softsae topk (dead latents)", "softsae softsae",
+             "softsae softsae (dense soft phase)", "softsae softsae (x estimator)", "softsae softsae (dead latents)",
+             "jax matmul")
 REFERENCE = "torch topk (plain)"
 
 
@@ -113,12 +131,22 @@ class PlainTopK:
 class SparsifyStep:
   """sparsify's ``Trainer.fit`` inner step for one SAE on activations (loss_fn="fvu", auxk_alpha=0)."""
 
-  def __init__(self, d: int, f: int, k: int, b: int, seed: int = 0):
+  def __init__(self, d: int, f: int, k: int, b: int, seed: int = 0, dead: bool = False):
     import torch
     from sparsify import SparseCoder, SparseCoderConfig
 
     torch.manual_seed(seed)
     self.sae = SparseCoder(d, SparseCoderConfig(num_latents=f, k=k), device="cpu", dtype=torch.float32)
+    # dead: the same latents as our "(dead latents)" contenders, held dead, with AuxK on at the weight of
+    # ours (sparsify's default auxk_alpha is 0: no AuxK at all)
+    self.dead_mask, self.auxk_alpha = None, 0.0
+    if dead:
+      idx = torch.from_numpy(_dead_latents(f)).long()
+      self.dead_mask = torch.zeros(f, dtype=torch.bool)
+      self.dead_mask[idx] = True
+      self.auxk_alpha = 1 / 32
+      with torch.no_grad():
+        self.sae.encoder.bias[idx] = -100.0
     self.opt = torch.optim.Adam(self.sae.parameters(), lr=2e-4 / (f / 2 ** 14) ** 0.5)  # its default lr rule
     self.since_fired = torch.zeros(f, dtype=torch.long)
     self.did_fire = torch.zeros(f, dtype=torch.bool)
@@ -131,10 +159,10 @@ class SparsifyStep:
     x, sae = self.x, self.sae
     sae.set_decoder_norm_to_unit_norm()
     total_variance = (x - x.mean(0)).pow(2).sum()
-    out = sae(x=x, y=x, dead_mask=None, total_variance=total_variance)
+    out = sae(x=x, y=x, dead_mask=self.dead_mask, total_variance=total_variance)
     self.did_fire[out.latent_indices.flatten()] = True
     fvu = float(out.fvu.detach())
-    out.fvu.backward()
+    (out.fvu + self.auxk_alpha * out.auxk_loss).backward()
     sae.remove_gradient_parallel_to_decoder_directions()
     self.opt.step()
     self.opt.zero_grad()
@@ -180,10 +208,17 @@ class TorchMatmul:
     return float((self.x @ self.w)[0, 0])
 
 
+def _dead_latents(f: int) -> np.ndarray:
+  """benchmarks/_steps.py's dead_latents (this file also runs in the peers' environment, without jax)."""
+  n = max(1, round(DEAD_FRAC * f))
+  return (np.arange(n) * (f // n)).astype(np.int32)
+
+
+DEAD_FRAC = 0.001  # = _steps.DEAD_FRAC (tests/test_benchmarks.py checks)
 TORCH_STEPS = {"torch topk (plain)": PlainTopK, "sparsify": SparsifyStep, "sae_lens": SaeLensStep,
-               "torch matmul": TorchMatmul}
+               "torch matmul": TorchMatmul, "sparsify (dead latents)": functools.partial(SparsifyStep, dead=True)}
 _PEER_PACKAGES = {"torch topk (plain)": "torch", "sparsify": "eai-sparsify", "sae_lens": "sae-lens",
-                  "torch matmul": "torch"}
+                  "torch matmul": "torch", "sparsify (dead latents)": "eai-sparsify"}
 
 
 def _version(dist: str) -> str:
@@ -204,13 +239,16 @@ def worker() -> None:
     req = json.loads(line)
     try:
       if req["cmd"] == "setup":
-        cls = TORCH_STEPS[req["name"]]
+        cls = TORCH_STEPS[req["name"].removesuffix(SAME_MALLOC)]
         steps[req["name"]] = cls(req["d"], req["f"], req["k"], req["b"])
         import torch
 
-        dist = _PEER_PACKAGES[req["name"]]
+        dist = _PEER_PACKAGES[req["name"].removesuffix(SAME_MALLOC)]
         resp = {"ok": True, "version": f"{dist} {_version(dist)}", "torch": torch.__version__,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(),
+                "malloc": " ".join(f"{v}={os.environ[v]}" for v in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_",
+                                                                   "MALLOC_TRIM_THRESHOLD_") if v in os.environ)
+                          or "glibc defaults"}
       elif req["cmd"] == "step":
         wall, cpu = time.perf_counter(), time.process_time()
         steps[req["name"]].step()
@@ -228,8 +266,9 @@ def worker() -> None:
 class TorchWorker:
   """The torch side in a subprocess of ``python`` (the peers' environment)."""
 
-  def __init__(self, python: str):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+  def __init__(self, python: str, env_extra: dict[str, str] | None = None):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
+               **(env_extra or {}))
     self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--worker"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
@@ -253,11 +292,11 @@ class TorchWorker:
 # --------------------------------------------------------------------------------------- jax side
 
 
-def jax_step(arch: str, d: int, f: int, k: int, b: int, seed: int = 0, overrides=()):
+def jax_step(arch: str, d: int, f: int, k: int, b: int, seed: int = 0, overrides=(), dead: bool = False):
   """The jitted step ``softsae train`` runs, with its state: returns ``step()`` (one blocking step)."""
   import _steps
 
-  return _steps.runner(_steps.build(arch, d, f, k, b, seed=seed, overrides=overrides))
+  return _steps.runner(_steps.build(arch, d, f, k, b, seed=seed, overrides=overrides, dead=dead))
 
 
 def jax_matmul(d: int, f: int, k: int, b: int, seed: int = 0):
@@ -284,6 +323,8 @@ def _jax_builder(name):
           "softsae topk (dense grads)": lambda *a: jax_step("topk", *a, overrides=("sae.sparse_grads=off",)),
           "softsae softsae (dense soft phase)": lambda *a: jax_step("softsae", *a, overrides=("sae.sparse_soft=false",)),
           "softsae softsae (x estimator)": lambda *a: jax_step("softsae", *a, overrides=("sae.k_input=x",)),
+          "softsae topk (dead latents)": lambda *a: jax_step("topk", *a, dead=True),
+          "softsae softsae (dead latents)": lambda *a: jax_step("softsae", *a, dead=True),
           "jax matmul": jax_matmul}[name]
 
 
@@ -291,11 +332,14 @@ def _jax_builder(name):
 
 
 def measure(size: tuple[int, int, int], batch: int, rounds: int, worker: TorchWorker | None, names, warmup: int = 3,
-            log=print) -> dict[str, dict]:
-  """Interleaved step times of ``names`` at ``size`` = (d, F, k): {name: {"wall": [...], "cpu": [...], ...}}."""
+            log=print, worker_same: TorchWorker | None = None) -> dict[str, dict]:
+  """Interleaved step times of ``names`` at ``size`` = (d, F, k): {name: {"wall": [...], "cpu": [...], ...}}.
+
+  ``worker`` runs the torch steps, ``worker_same`` those named with :data:`SAME_MALLOC`."""
   d, f, k = size
   runners, info = {}, {}
   for name in names:
+    w_name = worker_same if name.endswith(SAME_MALLOC) else worker
     if name in JAX_NAMES:
       fn = _jax_builder(name)(d, f, k, batch)
 
@@ -305,14 +349,14 @@ def measure(size: tuple[int, int, int], batch: int, rounds: int, worker: TorchWo
         return time.perf_counter() - wall, time.process_time() - cpu
 
       runners[name], info[name] = run, {"version": _jax_version(name)}
-    elif worker is not None:
-      resp = worker.call(cmd="setup", name=name, d=d, f=f, k=k, b=batch)
+    elif w_name is not None:
+      resp = w_name.call(cmd="setup", name=name, d=d, f=f, k=k, b=batch)
       if not resp["ok"]:
         log(f"# {name}: not run ({resp['error']})")
         continue
 
-      def run(name=name):
-        r = worker.call(cmd="step", name=name)
+      def run(name=name, w_name=w_name):
+        r = w_name.call(cmd="step", name=name)
         if not r["ok"]:
           raise RuntimeError(f"{name}: {r['error']}")
         return r["wall"], r["cpu"]
@@ -327,10 +371,11 @@ def measure(size: tuple[int, int, int], batch: int, rounds: int, worker: TorchWo
       wall, cpu = run()
       res[name]["wall"].append(wall)
       res[name]["cpu"].append(cpu)
-  if worker is not None:
-    for name in runners:
-      if name in TORCH_NAMES:
-        worker.call(cmd="drop", name=name)
+  for name in runners:
+    if name in TORCH_NAMES and worker is not None:
+      worker.call(cmd="drop", name=name)
+    elif name in TORCH_SAME and worker_same is not None:
+      worker_same.call(cmd="drop", name=name)
   return res
 
 
@@ -348,7 +393,7 @@ def table(res: dict, batch: int) -> list[str]:
     wall = np.asarray(r["wall"])
     med = float(np.median(wall))
     vs = ratio(res, name, REFERENCE) if REFERENCE in res else (float("nan"),) * 2
-    mm = "torch matmul" if name in TORCH_NAMES else "jax matmul"
+    mm = "torch matmul" if name in TORCH_NAMES + TORCH_SAME else "jax matmul"
     per_mm = med / float(np.median(res[mm]["wall"])) if mm in res else float("nan")
     version = r.get("version", "?")
     lines.append(f"| {name} | {version} | {med:.4f} | {wall.min():.4f} | {batch / med:,.0f} | "
@@ -360,6 +405,9 @@ SPEEDUPS = (  # (after, before): the same step with a speed-up of the library on
     ("softsae topk", "softsae topk (dense grads)", "sae.sparse_grads"),
     ("softsae softsae", "softsae softsae (dense soft phase)", "sae.sparse_soft"),
     ("softsae softsae", "softsae softsae (x estimator)", "sae.k_input=top_acts"),
+    ("softsae topk", "softsae topk (dead latents)", "no dead latent (what AuxK costs with 0.1% dead)"),
+    ("softsae softsae", "softsae softsae (dead latents)", "no dead latent (what AuxK costs with 0.1% dead)"),
+    ("sparsify", "sparsify (dead latents)", "no dead latent (what AuxK costs with 0.1% dead)"),
 )
 
 
@@ -375,9 +423,15 @@ def speedup_lines(res: dict) -> list[str]:
 
 GOALS = (  # (faster, slower, target, what) from issue 13
     ("softsae topk", "sparsify", 1.5, "TopK >= 1.5x sparsify's training step"),
+    ("softsae topk", "sparsify" + SAME_MALLOC, 1.5, "the same, sparsify with our malloc setting"),
+    ("softsae topk (dead latents)", "sparsify (dead latents)", 1.5,
+     "the same on a step with 0.1% of the latents dead (AuxK on in both)"),
+    ("softsae topk (dead latents)", "sparsify (dead latents)" + SAME_MALLOC, 1.5,
+     "the same, sparsify with our malloc setting"),
     ("softsae topk", REFERENCE, 3.75, "TopK ~ 3.75x plain PyTorch TopK (the same goal, via sparsify ~2.5x plain)"),
     ("softsae softsae", REFERENCE, 1.35,
      "SoftSAE at steady state >= 5x the authors' (~1.35x plain PyTorch TopK; the authors' code is not installable)"),
+    ("softsae softsae", REFERENCE + SAME_MALLOC, 1.35, "the same, plain PyTorch TopK with our malloc setting"),
 )
 
 
@@ -415,10 +469,15 @@ def main():
 
   from _host import header
 
-  names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae softsae",
-                       "softsae softsae (dense soft phase)", "softsae softsae (x estimator)", "torch topk (plain)",
-                       "sparsify", "sae_lens", "jax matmul", "torch matmul") if not a.only or n in a.only.split(",")]
+  names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae topk (dead latents)", "softsae softsae",
+                       "softsae softsae (dense soft phase)", "softsae softsae (x estimator)",
+                       "softsae softsae (dead latents)", "torch topk (plain)", "sparsify", "sparsify (dead latents)",
+                       "sae_lens", *TORCH_SAME, "jax matmul", "torch matmul")
+           if not a.only or n in a.only.split(",")]
+  from softsae_jax.host import GLIBC_ENV
+
   w = TorchWorker(a.peers_python) if any(n in TORCH_NAMES for n in names) else None
+  w_same = TorchWorker(a.peers_python, GLIBC_ENV) if any(n in TORCH_SAME for n in names) else None
   try:
     threads = ""
     if w is not None:
@@ -429,7 +488,7 @@ def main():
     print(header(threads, f"B={a.batch}", f"interleaved, {a.rounds} rounds after 3 warm-up steps"), flush=True)
     for spec in a.sizes.split(","):
       d, f, k = (int(v) for v in spec.lower().split("x"))
-      res = measure((d, f, k), a.batch, a.rounds, w, names, log=lambda m: print(m, flush=True))
+      res = measure((d, f, k), a.batch, a.rounds, w, names, log=lambda m: print(m, flush=True), worker_same=w_same)
       from _host import load
 
       print(f"\n## d={d} F={f} k={k} B={a.batch} (load after: {load()})\n")
@@ -442,8 +501,9 @@ def main():
         print("\n# goals (issue 13; median of per-round ratios):\n" + "\n".join(goals))
       print(flush=True)
   finally:
-    if w is not None:
-      w.close()
+    for worker_ in (w, w_same):
+      if worker_ is not None:
+        worker_.close()
 
 
 if __name__ == "__main__":

@@ -128,6 +128,40 @@ def test_peers_torch_worker_protocol():
     w.close()
 
 
+@pytest.mark.skipif(not _has("torch"), reason="torch not installed")
+def test_peers_same_malloc_worker_runs_its_own_rows():
+  same = "torch topk (plain)" + peers.SAME_MALLOC
+  names = ("softsae softsae", "torch topk (plain)", same)
+  w, w_same = peers.TorchWorker(sys.executable), peers.TorchWorker(sys.executable, peers_env())
+  try:
+    res = peers.measure((D, F, K), B, rounds=2, worker=w, names=names, warmup=1, worker_same=w_same)
+  finally:
+    w.close()
+    w_same.close()
+  assert set(res) == set(names) and all(min(r["wall"]) > 0 for r in res.values())
+  assert res["torch topk (plain)"]["malloc"] == "glibc defaults"
+  assert res[same]["malloc"] == "MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647"
+  goals = peers.goal_lines(res)
+  assert len(goals) == 2 and "with our malloc setting" in goals[1]
+
+
+def test_dead_latent_contenders_run_auxk_on_the_same_latents():
+  import _steps
+
+  assert peers.DEAD_FRAC == _steps.DEAD_FRAC
+  np.testing.assert_array_equal(peers._dead_latents(4096), _steps.dead_latents(4096))
+  assert len(_steps.dead_latents(4096)) == 4 and len(_steps.dead_latents(F)) == 1
+  run = _steps.runner(_steps.build("topk", D, F, K, B, dead=True))
+  metrics = [run() for _ in range(3)]
+  assert all(float(m.aux_loss) > 0 and float(m.dead_frac) == 1 / F for m in metrics)
+
+
+def peers_env():
+  from softsae_jax.host import GLIBC_ENV
+
+  return GLIBC_ENV
+
+
 @pytest.mark.slow
 def test_accelerator_softsae_and_step_parts():
   import step_parts
@@ -139,3 +173,25 @@ def test_accelerator_softsae_and_step_parts():
     assert res["whole step"] > 0 and all(t > 0 for t in res.values())
     assert step_parts.table(res)[-2].startswith("| **whole step** |")
     assert any("encoder backward: sparse" in name for name in res) == (arch == "topk" and sparse == "on")
+
+
+@pytest.mark.slow
+def test_accelerator_profile_on_cpu_accounts_for_the_step():
+  """--profile on XLA:CPU (one core): the ops' exclusive times add up to about the step's time, the
+  encoder's matmul among the top ops (the thunks trace themselves only with the flag main() sets)."""
+  import re
+  import subprocess
+
+  cmd = [sys.executable, os.path.join(BENCH, "accelerator.py"), "--small", "--archs", "topk", "--steps", "3",
+         "--warmup", "2", "--profile", "3"]
+  import shutil
+
+  if shutil.which("taskset") and hasattr(os, "sched_getaffinity"):
+    cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=True).stdout
+  m = re.search(r"all ops ([\d.]+) ms per step, median step ([\d.]+) ms", out)
+  assert m, out
+  ops_ms, step_ms = float(m.group(1)), float(m.group(2))
+  assert 0.5 * step_ms < ops_ms < 2.0 * step_ms, out
+  assert "dot_general" in out and "top_k" in out
