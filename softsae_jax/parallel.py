@@ -117,7 +117,7 @@ def top_values(pre_BF, m: int, mesh: Mesh | None):
   latent-sharded mesh from each shard's own top ``m`` (an all-gather of [b, S*m], never of [b, F])."""
   pre_BF = lax.stop_gradient(pre_BF)
   if _local(mesh):
-    return lax.top_k(pre_BF, m)[0]
+    return topk_lib.top_k(pre_BF, m)[0]
 
   def shard(pre_bf):
     local_bK = lax.top_k(pre_bf, min(m, pre_bf.shape[1]))[0]

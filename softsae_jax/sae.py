@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from softsae_jax.config import SaeConfig
+from softsae_jax.topk import top_k
 from softsae_jax.types import Params
 
 _EPS32 = float(jnp.finfo(jnp.float32).eps)
@@ -64,7 +65,7 @@ def pre_acts(params: Params, x_BD: jax.Array, cfg: SaeConfig) -> jax.Array:
 def topk_sparse(pre_BF: jax.Array, k_B: jax.Array, max_k: int) -> tuple[jax.Array, jax.Array]:
   """The floor(k_B) largest entries of each row as (vals_BK, idx_BK), K = max_k; ranks at or beyond a
   row's count have value 0. Differentiable in ``pre_BF`` through the values."""
-  vals_BK, idx_BK = jax.lax.top_k(pre_BF, max_k)
+  vals_BK, idx_BK = top_k(pre_BF, max_k)
   return _below_count(vals_BK, k_B), idx_BK
 
 
@@ -182,7 +183,7 @@ def encode_top(params: Params, x_BD: jax.Array, num: int,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _topk_encode(x_BD, w_enc_DF, b_enc_F, b_dec_D, max_k, dtype):
   pre_BF = jax.nn.relu(affine(x_BD, b_dec_D, w_enc_DF, b_enc_F, dtype))
-  top_BK, idx_BK = jax.lax.top_k(pre_BF, max_k)
+  top_BK, idx_BK = top_k(pre_BF, max_k)
   return pre_BF, top_BK, idx_BK
 
 

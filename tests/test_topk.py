@@ -454,3 +454,26 @@ def test_docstring_documents_the_operator():
   for needle in ("Args:", "Returns:", "Examples:", "Edge cases", "Gradients", "2503.06242",
                  "2605.06610", "NaN", "inf", "max_k"):
     assert needle in doc, needle
+
+
+@pytest.mark.parametrize("f,k", [(4096, 32), (2048, 32), (1024, 16)])
+def test_chunked_top_k_is_lax_top_k_exactly(f, k):
+  """topk.top_k (chunked on the CPU where F >= 64 k) returns lax.top_k's values and indices bit for bit:
+  ReLU zeros of both signs, many ties, NaN and infinities, leading dims."""
+  assert f >= topk._CHUNKED_MIN_RATIO * k and f % topk._CHUNK == 0  # the chunked path runs
+  rng = np.random.default_rng(f + k)
+  x = rng.normal(size=(24, f)).astype(np.float32)
+  relu = np.maximum(x - 0.5, 0.0)
+  relu[::2] *= -1.0  # -0.0 zeros in every other row
+  zeros = np.zeros((6, f), np.float32)
+  zeros[:, ::7] = -0.0
+  zeros[1, 5], zeros[2, 100:] = 1.0, 2.0
+  odd = x.copy()
+  odd[0, [3, 70, 500]] = np.nan
+  odd[1, :] = -np.inf
+  odd[2, 9] = np.inf
+  for case in (x, relu, zeros, np.round(x * 2) / 2, odd, x.reshape(2, 12, f)):
+    want_v, want_i = jax.jit(lambda a: jax.lax.top_k(a, k))(case)
+    got_v, got_i = jax.jit(lambda a: topk.top_k(a, k))(case)
+    np.testing.assert_array_equal(np.asarray(got_v).view(np.int32), np.asarray(want_v).view(np.int32))
+    np.testing.assert_array_equal(got_i, want_i)
