@@ -152,7 +152,8 @@ def _allocator_peak(device) -> float | None:
 
 
 def measure(arch: str, d: int, f: int, k: int, batch: int, dtype: str = "bfloat16", *, steps: int = 10,
-            warmup: int = 3, peak: float | None = None, compile_only: bool = False, profile: int = 0) -> dict:
+            warmup: int = 3, peak: float | None = None, compile_only: bool = False, profile: int = 0,
+            top: int = 15) -> dict:
   """One arch's row: tokens/s, FLOPs, MFU and memory of the compiled step (see the module docstring).
 
   ``peak``: TFLOP/s of the device (None: :func:`peak_tflops` of its kind). ``compile_only`` lowers and
@@ -215,7 +216,7 @@ def measure(arch: str, d: int, f: int, k: int, batch: int, dtype: str = "bfloat1
       holder[0], m = compiled(holder[0], step.x_BD, step.valid_B)
       jax.block_until_ready((holder[0], m))
 
-    row["ops"], row["ops_ms"] = profile_ops(one, profile, compiled.as_text())
+    row["ops"], row["ops_ms"] = profile_ops(one, profile, compiled.as_text(), top=top)
   return row
 
 
@@ -334,6 +335,7 @@ def main():
   ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: by device_kind)")
   ap.add_argument("--compile-only", action="store_true", help="memory and XLA FLOPs only; allocates nothing")
   ap.add_argument("--profile", type=int, default=0, metavar="N", help="trace N steps; print the top ops")
+  ap.add_argument("--top", type=int, default=15, help="how many ops --profile prints (default %(default)s)")
   a = ap.parse_args()
   if a.profile:  # before the backend starts: XLA:CPU's thunks trace themselves only with this flag
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
@@ -348,7 +350,8 @@ def main():
   rows = []
   for arch in a.archs.split(","):
     rows.append(measure(arch, size["d"], size["f"], size["k"], size["batch"], size["dtype"], steps=a.steps,
-                        warmup=a.warmup, peak=peak, compile_only=a.compile_only, profile=a.profile))
+                        warmup=a.warmup, peak=peak, compile_only=a.compile_only, profile=a.profile,
+                        top=a.top))
   print("\n".join(table(rows)))
   for r in rows:
     if r.get("ops"):

@@ -195,3 +195,14 @@ def test_accelerator_profile_on_cpu_accounts_for_the_step():
   ops_ms, step_ms = float(m.group(1)), float(m.group(2))
   assert 0.5 * step_ms < ops_ms < 2.0 * step_ms, out
   assert "dot_general" in out and "top_k" in out
+
+
+def test_auxk_bench_times_both_paths():
+  import auxk
+
+  res = auxk.measure(D, F, K, B, rounds=1, dead=[1, 3])
+  assert set(res) == {"no AuxK", "1 dead: dead columns", "1 dead: full selection", "3 dead: dead columns",
+                      "3 dead: full selection"}
+  assert all(t > 0 for t in res.values())
+  lines = auxk.table(res)
+  assert len(lines) == 7 and lines[3].startswith("| 1 dead: dead columns |") and lines[3].endswith("x |")
