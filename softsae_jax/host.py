@@ -5,7 +5,8 @@ large freed blocks back to the operating system (blocks above the mmap threshold
 per-thread arenas that XLA's worker threads allocate from, the trimmed top of the main heap). The
 next training step then page-faults on the same memory again and the kernel zeroes every page: on a
 2-core CPU a third of a TopK step's time (d = 384, F = 4096, B = 1024) was spent in the kernel,
-and keeping the memory made the step 1.4-1.7x faster (docs/benchmarks.md, "Host memory").
+and keeping the memory made the TopK and SoftSAE steps 1.7-1.9x faster at d = 384 and 2.5-2.7x at
+d = 768 (docs/benchmarks.md, "Host memory").
 
 :func:`reuse_freed_memory` sets, through ``mallopt``: one arena for all threads (``M_ARENA_MAX``),
 no blocks served by ``mmap`` (``M_MMAP_MAX`` = 0), and no trimming below 2 GiB of free heap
