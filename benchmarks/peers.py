@@ -141,7 +141,9 @@ class SparsifyStep:
     # ours (sparsify's default auxk_alpha is 0: no AuxK at all)
     self.dead_mask, self.auxk_alpha = None, 0.0
     if dead:
-      idx = torch.from_numpy(_dead_latents(f)).long()
+      from _steps import dead_latents  # imports numpy only: fine in the peers' environment
+
+      idx = torch.from_numpy(dead_latents(f)).long()
       self.dead_mask = torch.zeros(f, dtype=torch.bool)
       self.dead_mask[idx] = True
       self.auxk_alpha = 1 / 32
@@ -208,13 +210,6 @@ class TorchMatmul:
     return float((self.x @ self.w)[0, 0])
 
 
-def _dead_latents(f: int) -> np.ndarray:
-  """benchmarks/_steps.py's dead_latents (this file also runs in the peers' environment, without jax)."""
-  n = max(1, round(DEAD_FRAC * f))
-  return (np.arange(n) * (f // n)).astype(np.int32)
-
-
-DEAD_FRAC = 0.001  # = _steps.DEAD_FRAC (tests/test_benchmarks.py checks)
 TORCH_STEPS = {"torch topk (plain)": PlainTopK, "sparsify": SparsifyStep, "sae_lens": SaeLensStep,
                "torch matmul": TorchMatmul, "sparsify (dead latents)": functools.partial(SparsifyStep, dead=True)}
 _PEER_PACKAGES = {"torch topk (plain)": "torch", "sparsify": "eai-sparsify", "sae_lens": "sae-lens",
