@@ -68,6 +68,24 @@ def shape_args(ap, *, d: int = 768, f: int = 16384, k: int = 64, batch: int = 10
   return ap
 
 
+def interleaved_medians(calls: dict, rounds: int, *, warmup: bool = True) -> dict[str, float]:
+  """{name: median seconds} of ``fn(*args)`` for each ``name: (fn, args)`` of ``calls``, run one after the
+  other in each of ``rounds`` rounds (so load from other processes hits them alike), each call ended
+  by ``jax.block_until_ready``; ``warmup``: one untimed call of each first."""
+  import jax
+
+  if warmup:
+    for fn, args in calls.values():
+      jax.block_until_ready(fn(*args))
+  ts: dict[str, list[float]] = {name: [] for name in calls}
+  for _ in range(rounds):
+    for name, (fn, args) in calls.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      ts[name].append(time.perf_counter() - t)
+  return {name: statistics.median(v) for name, v in ts.items()}
+
+
 def summary(ts: list[float]) -> tuple[float, float]:
   """(median, best) of a list of times."""
   return statistics.median(ts), min(ts)

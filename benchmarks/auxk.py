@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,7 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import _steps  # noqa: E402
-from _host import header, load, shape_args  # noqa: E402
+from _host import header, interleaved_medians, load, shape_args  # noqa: E402
 
 
 def loss_fns(d: int, f: int, k: int, b: int, dead: list[int]) -> dict:
@@ -64,16 +62,7 @@ def loss_fns(d: int, f: int, k: int, b: int, dead: list[int]) -> dict:
 
 def measure(d: int, f: int, k: int, b: int, rounds: int, dead: list[int]) -> dict[str, float]:
   """{name: median seconds} over ``rounds`` interleaved rounds after one warm-up call each."""
-  fns = loss_fns(d, f, k, b, dead)
-  for fn, args in fns.values():
-    jax.block_until_ready(fn(*args))
-  times = {name: [] for name in fns}
-  for _ in range(rounds):
-    for name, (fn, args) in fns.items():
-      t = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append(time.perf_counter() - t)
-  return {name: statistics.median(ts) for name, ts in times.items()}
+  return interleaved_medians(loss_fns(d, f, k, b, dead), rounds)
 
 
 def table(res: dict[str, float]) -> list[str]:

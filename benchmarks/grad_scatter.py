@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from _host import header, shape_args  # noqa: E402
+from _host import header, interleaved_medians, shape_args  # noqa: E402
 
 
 def variants(d: int, f: int, k: int, b: int) -> dict:
@@ -93,13 +91,8 @@ def measure(d: int, f: int, k: int, b: int, rounds: int) -> dict[str, float]:
       err = np.abs(out - refs[ref]).max() / max(np.abs(refs[ref]).max(), 1e-30)
       if err > 1e-5:
         raise AssertionError(f"{name}: max relative error {err:.2e} against the dense gradient")
-  ts: dict[str, list[float]] = {name: [] for name in vs}
-  for _ in range(rounds):
-    for name, (fn, args, _) in vs.items():
-      t = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      ts[name].append(time.perf_counter() - t)
-  return {name: statistics.median(v) for name, v in ts.items()}
+  # the checks above were every variant's warm-up call
+  return interleaved_medians({name: (fn, args) for name, (fn, args, _) in vs.items()}, rounds, warmup=False)
 
 
 def table(res: dict[str, float]) -> list[str]:

@@ -129,7 +129,8 @@ class PlainTopK:
 
 
 class SparsifyStep:
-  """sparsify's ``Trainer.fit`` inner step for one SAE on activations (loss_fn="fvu", auxk_alpha=0)."""
+  """sparsify's ``Trainer.fit`` inner step for one SAE on activations (loss_fn="fvu"; auxk_alpha=0, or
+  1/32 with ``dead``)."""
 
   def __init__(self, d: int, f: int, k: int, b: int, seed: int = 0, dead: bool = False):
     import torch
@@ -234,15 +235,16 @@ def worker() -> None:
     req = json.loads(line)
     try:
       if req["cmd"] == "setup":
-        cls = TORCH_STEPS[req["name"].removesuffix(SAME_MALLOC)]
-        steps[req["name"]] = cls(req["d"], req["f"], req["k"], req["b"])
+        base = req["name"].removesuffix(SAME_MALLOC)
+        steps[req["name"]] = TORCH_STEPS[base](req["d"], req["f"], req["k"], req["b"])
         import torch
 
-        dist = _PEER_PACKAGES[req["name"].removesuffix(SAME_MALLOC)]
+        from softsae_jax.host import GLIBC_ENV  # stdlib only: fine in the peers' environment
+
+        dist = _PEER_PACKAGES[base]
         resp = {"ok": True, "version": f"{dist} {_version(dist)}", "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
-                "malloc": " ".join(f"{v}={os.environ[v]}" for v in ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_",
-                                                                   "MALLOC_TRIM_THRESHOLD_") if v in os.environ)
+                "malloc": " ".join(f"{v}={os.environ[v]}" for v in GLIBC_ENV if v in os.environ)
                           or "glibc defaults"}
       elif req["cmd"] == "step":
         wall, cpu = time.perf_counter(), time.process_time()
@@ -332,9 +334,8 @@ def measure(size: tuple[int, int, int], batch: int, rounds: int, worker: TorchWo
 
   ``worker`` runs the torch steps, ``worker_same`` those named with :data:`SAME_MALLOC`."""
   d, f, k = size
-  runners, info = {}, {}
+  runners, info, owner = {}, {}, {}  # owner: the torch worker that set a torch contender up
   for name in names:
-    w_name = worker_same if name.endswith(SAME_MALLOC) else worker
     if name in JAX_NAMES:
       fn = _jax_builder(name)(d, f, k, batch)
 
@@ -344,14 +345,15 @@ def measure(size: tuple[int, int, int], batch: int, rounds: int, worker: TorchWo
         return time.perf_counter() - wall, time.process_time() - cpu
 
       runners[name], info[name] = run, {"version": _jax_version(name)}
-    elif w_name is not None:
-      resp = w_name.call(cmd="setup", name=name, d=d, f=f, k=k, b=batch)
+    elif (w := worker_same if name.endswith(SAME_MALLOC) else worker) is not None:
+      resp = w.call(cmd="setup", name=name, d=d, f=f, k=k, b=batch)
       if not resp["ok"]:
         log(f"# {name}: not run ({resp['error']})")
         continue
+      owner[name] = w
 
-      def run(name=name, w_name=w_name):
-        r = w_name.call(cmd="step", name=name)
+      def run(name=name, w=w):
+        r = w.call(cmd="step", name=name)
         if not r["ok"]:
           raise RuntimeError(f"{name}: {r['error']}")
         return r["wall"], r["cpu"]
@@ -366,11 +368,8 @@ def measure(size: tuple[int, int, int], batch: int, rounds: int, worker: TorchWo
       wall, cpu = run()
       res[name]["wall"].append(wall)
       res[name]["cpu"].append(cpu)
-  for name in runners:
-    if name in TORCH_NAMES and worker is not None:
-      worker.call(cmd="drop", name=name)
-    elif name in TORCH_SAME and worker_same is not None:
-      worker_same.call(cmd="drop", name=name)
+  for name, w in owner.items():
+    w.call(cmd="drop", name=name)
   return res
 
 

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import _steps  # noqa: E402
-from _host import header, load, shape_args  # noqa: E402
+from _host import header, interleaved_medians, load, shape_args  # noqa: E402
 
 
 def pieces(arch: str, d: int, f: int, k: int, b: int, sparse_grads: str = "auto", sparse_soft: bool = True) -> dict:
@@ -179,16 +177,7 @@ def pieces(arch: str, d: int, f: int, k: int, b: int, sparse_grads: str = "auto"
 def measure(arch: str, d: int, f: int, k: int, b: int, rounds: int, sparse_grads: str = "auto",
             sparse_soft: bool = True) -> dict[str, float]:
   """Median seconds of each piece and of the whole step over interleaved rounds (after one warm-up)."""
-  ps = pieces(arch, d, f, k, b, sparse_grads, sparse_soft)
-  for fn, args in ps.values():
-    jax.block_until_ready(fn(*args))
-  ts: dict[str, list[float]] = {name: [] for name in ps}
-  for _ in range(rounds):
-    for name, (fn, args) in ps.items():
-      t = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      ts[name].append(time.perf_counter() - t)
-  return {name: statistics.median(v) for name, v in ts.items()}
+  return interleaved_medians(pieces(arch, d, f, k, b, sparse_grads, sparse_soft), rounds)
 
 
 def table(res: dict[str, float]) -> list[str]:

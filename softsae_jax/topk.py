@@ -63,8 +63,9 @@ _EXTRA_CANDIDATES = 16
 
 
 # top_k: rows are cut into chunks of this many entries, and the chunked selection is used where a row
-# has at least _CHUNKED_MIN_RATIO * k entries (measured on XLA:CPU at B = 1024: F = 4096, k = 32 and
-# F = 16384, k = 64 or 144 gain 1.1-1.45x; F = 4096, k = 80 loses 1.13x; docs/benchmarks.md).
+# has at least _CHUNKED_MIN_RATIO * k entries (measured on XLA:CPU at B = 1024, benchmarks/topk.py --top-k:
+# F = 4096, k = 32 and F = 16384, k = 64 or 144 gain 1.15x, 1.54x and 1.08x; F = 4096, k = 80, below the
+# ratio, lost 1.13x chunked; docs/benchmarks.md).
 _CHUNK = 16
 _CHUNKED_MIN_RATIO = 64
 

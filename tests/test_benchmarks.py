@@ -132,7 +132,9 @@ def test_peers_torch_worker_protocol():
 def test_peers_same_malloc_worker_runs_its_own_rows():
   same = "torch topk (plain)" + peers.SAME_MALLOC
   names = ("softsae softsae", "torch topk (plain)", same)
-  w, w_same = peers.TorchWorker(sys.executable), peers.TorchWorker(sys.executable, peers_env())
+  from softsae_jax.host import GLIBC_ENV
+
+  w, w_same = peers.TorchWorker(sys.executable), peers.TorchWorker(sys.executable, GLIBC_ENV)
   try:
     res = peers.measure((D, F, K), B, rounds=2, worker=w, names=names, warmup=1, worker_same=w_same)
   finally:
@@ -152,12 +154,6 @@ def test_dead_latent_contenders_run_auxk_on_the_same_latents():
   run = _steps.runner(_steps.build("topk", D, F, K, B, dead=True))
   metrics = [run() for _ in range(3)]
   assert all(float(m.aux_loss) > 0 and float(m.dead_frac) == 1 / F for m in metrics)
-
-
-def peers_env():
-  from softsae_jax.host import GLIBC_ENV
-
-  return GLIBC_ENV
 
 
 @pytest.mark.slow
