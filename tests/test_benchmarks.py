@@ -63,15 +63,18 @@ def test_peak_table_and_flop_formulas():
   assert accelerator.model_flops_per_token("batchtopk", d, f, k) == 12 * d * f
 
 
-def test_profile_self_times_subtract_nested_ops():
+def test_profile_op_times_subtract_nested_ops_and_share_overlaps():
   ev = [{"ts": 0.0, "dur": 10.0, "pid": 1, "tid": 1, "args": {"hlo_op": "while.1"}},
         {"ts": 1.0, "dur": 3.0, "pid": 1, "tid": 1, "args": {"hlo_op": "body"}},
         {"ts": 5.0, "dur": 3.0, "pid": 1, "tid": 1, "args": {"hlo_op": "body"}},
         {"ts": 11.0, "dur": 2.0, "pid": 1, "tid": 1, "args": {"hlo_op": "dot.1"}}]
-  got = {}
-  for op, us in accelerator._self_times(ev):
-    got[op] = got.get(op, 0.0) + us
-  assert got == {"while.1": 4.0, "body": 6.0, "dot.1": 2.0}
+  times, busy = accelerator._op_times(ev)
+  assert dict(times) == {"while.1": 4.0, "body": 6.0, "dot.1": 2.0} and busy == 12.0
+  # a second thread's op overlapping dot.1 for 1 us (one core taking turns): that 1 us is shared
+  times, busy = accelerator._op_times(ev + [{"ts": 12.0, "dur": 2.0, "pid": 1, "tid": 2,
+                                             "args": {"hlo_op": "fusion.2"}}])
+  assert dict(times) == {"while.1": 4.0, "body": 6.0, "dot.1": 1.5, "fusion.2": 1.5} and busy == 13.0
+  assert sum(times.values()) == busy
 
 
 def test_data_path_measures_the_loader_and_the_step(tmp_path):
@@ -171,8 +174,9 @@ def test_accelerator_softsae_and_step_parts():
 
 @pytest.mark.slow
 def test_accelerator_profile_on_cpu_accounts_for_the_step():
-  """--profile on XLA:CPU (one core): the ops' exclusive times add up to about the step's time, the
-  encoder's matmul among the top ops (the thunks trace themselves only with the flag main() sets)."""
+  """--profile on XLA:CPU (one core): the ops' time covers most of the traced steps' wall time and never
+  exceeds it (overlapping thunks share their time), the encoder's matmul among the top ops (the thunks
+  trace themselves only with the flag main() sets)."""
   import re
   import subprocess
 
@@ -184,10 +188,10 @@ def test_accelerator_profile_on_cpu_accounts_for_the_step():
     cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=True).stdout
-  m = re.search(r"all ops ([\d.]+) ms per step, median step ([\d.]+) ms", out)
+  m = re.search(r"all ops ([\d.]+) ms per step, traced step ([\d.]+) ms", out)
   assert m, out
-  ops_ms, step_ms = float(m.group(1)), float(m.group(2))
-  assert 0.5 * step_ms < ops_ms < 2.0 * step_ms, out
+  ops_ms, traced_ms = float(m.group(1)), float(m.group(2))
+  assert 0.5 * traced_ms < ops_ms <= traced_ms + 0.1, out
   assert "dot_general" in out and "top_k" in out
 
 
