@@ -8,7 +8,7 @@ Run:  python benchmarks/data_path.py [--rows 500000] [--d 768] [--f 16384] [--k 
    (:class:`softsae_jax.shards.ShardWriter`, default shard size) in a temporary directory, then reads
    every shard once so that the timed reads come from the page cache.
 2. Loader: the path ``softsae train`` runs (softsae_jax/trainer.py ``_loop``): ``BatchSource.batch(s)``
-   (the grain index shuffle, one vectorised gather per shard, the finiteness check) and ``to_global``
+   (the shuffled indices, one vectorised gather per shard, the finiteness check) and ``to_global``
    (``device_put`` of the rows and the valid mask into the batch sharding), through ``prefetch`` with
    the default ``data.prefetch`` depth; each batch is waited for (``block_until_ready``). Also without
    the prefetch thread (depth 0), the rate of one host thread.
@@ -85,7 +85,7 @@ def loader(ds, batch: int, *, seed: int = 0, depth: int = 2):
 
 def stages(ds, batch: int, n: int = 20, *, seed: int = 0) -> dict[str, float]:
   """Milliseconds per batch of each stage of ``BatchSource.batch`` + ``to_global``, run one after the
-  other on one thread: the grain index shuffle, the gather from the memory maps, the finiteness check
+  other on one thread: the shuffled indices, the gather from the memory maps, the finiteness check
   and the device_put."""
   import jax
 
@@ -95,7 +95,7 @@ def stages(ds, batch: int, n: int = 20, *, seed: int = 0) -> dict[str, float]:
   mesh = sharding.make_mesh(1, 1)
   rows_sh, _ = sharding.batch_shardings(mesh)
   source = BatchSource(ds, batch, seed)
-  ts = {"indices (grain index_shuffle)": [], "read_rows (gather from the mmaps)": [],
+  ts = {"indices (index_shuffle, vectorised)": [], "read_rows (gather from the mmaps)": [],
         "check_finite": [], "to_global (device_put)": []}
   for s in range(n):
     t0 = time.perf_counter()

@@ -312,6 +312,8 @@ class TrainConfig:
       raise ConfigError(f"train.lr must be > 0; got {self.lr}")
     if not self.k_lr_scale > 0:
       raise ConfigError(f"train.k_lr_scale must be > 0; got {self.k_lr_scale}")
+    if not 0 <= self.seed < 2 ** 32:
+      raise ConfigError(f"train.seed must be in [0, 2**32); got {self.seed}")
 
   def lr_value(self, n_latents: int) -> float:
     return self.lr if self.lr is not None else 2e-4 / math.sqrt(n_latents / 2**14)
@@ -327,7 +329,8 @@ class DataConfig:
     normalize: divide activations by one scalar norm factor sqrt(mean ||x||^2) estimated from
       ``norm_sample_rows`` rows (docs/method.md §2.4); inference works in raw units.
     norm_sample_rows: rows sampled (deterministically) to estimate the norm factor.
-    shuffle: a global, per-epoch reshuffle of all rows (grain index_shuffle; O(1) memory).
+    shuffle: a global, per-epoch reshuffle of all rows (grain's index_shuffle permutation, computed a
+      batch at a time by softsae_jax.shuffle; O(1) memory).
     prefetch: batches prepared ahead on a background thread.
     seed: the seed of the data order; None means ``train.seed``. A seed sweep (``sweep.seed``) varies
       the initialisation only, so its members' own configs (``softsae sweep-split``) set this to the
@@ -346,6 +349,8 @@ class DataConfig:
       raise ConfigError(f"data.norm_sample_rows must be >= 1; got {self.norm_sample_rows}")
     if self.prefetch < 0:
       raise ConfigError(f"data.prefetch must be >= 0; got {self.prefetch}")
+    if self.seed is not None and not 0 <= self.seed < 2 ** 32:
+      raise ConfigError(f"data.seed must be in [0, 2**32) (the data order's shuffle seed); got {self.seed}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,8 +399,8 @@ class SweepConfig:
         raise ConfigError(f"sweep.{name} has repeated values: {vals}")
     if any(v < 1 for v in self.k):
       raise ConfigError(f"sweep.k values must be >= 1; got {self.k}")
-    if any(v < 0 for v in self.seed):
-      raise ConfigError(f"sweep.seed values must be >= 0; got {self.seed}")
+    if any(not 0 <= v < 2 ** 32 for v in self.seed):
+      raise ConfigError(f"sweep.seed values must be in [0, 2**32); got {self.seed}")
 
   def __bool__(self) -> bool:
     return bool(self.k or self.seed)

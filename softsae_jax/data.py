@@ -1,12 +1,13 @@
 """Reading activation shards: random-access rows, a deterministic global shuffle, and batches.
 
-The order of training rows is a grain ``MapDataset``: ``range(N).shuffle(seed).repeat().batch(B)``.
-grain's shuffle is ``index_shuffle``, a bijection computed per index, so the global, per-epoch
-reshuffle needs O(1) memory whatever N is, and batch ``i`` is a pure function of ``(seed, i)``.
-That makes the loader state just ``(seed, step)``, which is saved in every checkpoint: a resumed run
-reads exactly the batches the uninterrupted run would have read. Rows are read from memory-mapped
-shards with one vectorised gather per shard and batch (row-by-row access, or grain records of one
-row, are ~70x slower; see docs/data-format.md).
+The order of training rows is grain's ``MapDataset.range(N).shuffle(seed).repeat().batch(B)``:
+``index_shuffle``, a bijection computed per index, reshuffles all rows every epoch in O(1) memory
+whatever N is, and batch ``i`` is a pure function of ``(seed, i)``. :mod:`softsae_jax.shuffle`
+computes that permutation for a whole batch at once with numpy, bit for bit grain's (20x faster
+than grain's one call per row). That makes the loader state just ``(seed, step)``, which is saved in
+every checkpoint: a resumed run reads exactly the batches the uninterrupted run would have read. Rows
+are read from memory-mapped shards with one vectorised gather per shard and batch (row-by-row
+access, or grain records of one row, are many times slower; see docs/data-format.md).
 
 In a multi-process run every process reads only the rows of each global batch that its own devices
 hold (:func:`softsae_jax.sharding.process_rows`: a row range; with a 'model' axis across processes,
@@ -24,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from softsae_jax.shards import DataError, Dataset
+from softsae_jax.shuffle import shuffled_rows
 
 
 class NonFiniteError(DataError):
@@ -71,20 +73,20 @@ class BatchSource:
 
   def __init__(self, ds: Dataset, batch_size: int, seed: int, *, shuffle: bool = True, skip_nonfinite: bool = False,
                rows: slice | None = None):
-    import grain
-
+    if shuffle and not 0 <= seed < 2 ** 32:
+      raise ValueError(f"the shuffle seed must be an integer in [0, 2**32), got {seed}")
     self.ds = ds
     self.batch_size = batch_size
     self.seed = seed
+    self.shuffle = shuffle
     self.skip_nonfinite = skip_nonfinite
     self.local = slice(0, batch_size) if rows is None else rows
-    order = grain.MapDataset.range(ds.n_rows)
-    if shuffle:
-      order = order.shuffle(seed=seed)
-    self._order = order.repeat(None).batch(batch_size, drop_remainder=True)
 
   def indices(self, step: int) -> np.ndarray:
-    return np.asarray(self._order[step], dtype=np.int64)
+    """The global rows of batch ``step`` (int64 [B]): positions ``[step B, (step + 1) B)`` of the
+    repeated, per-epoch shuffled order."""
+    pos_B = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
+    return shuffled_rows(pos_B, self.ds.n_rows, self.seed) if self.shuffle else pos_B % self.ds.n_rows
 
   def batch(self, step: int, *, whole: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(x_BD in the stored dtype, valid_B bool) for this process's rows of batch ``step`` (all of them

@@ -120,7 +120,7 @@ def sparse_decode(w_dec_FD: jax.Array, idx_BK: jax.Array, vals_BK: jax.Array, *,
 
   The forward gathers K decoder rows per row (B*K*D work instead of the dense B*F*D), one slot at a
   time: a ``fori_loop`` over the K slots, each gathering B rows, is several times faster on XLA:CPU
-  than one [B, K, D] gather (JAX_NOTES.md). The custom backward returns d vals by the same loop, and
+  than one [B, K, D] gather. The custom backward returns d vals by the same loop, and
   dW_dec either as one dense matmul of the scattered codes with the upstream gradient
   (``sparse_grad=False``) or by :func:`scatter_rows` (``sparse_grad=True``, B*K*D work; what
   ``sae.sparse_grads`` selects). Autodiff's own scatter-add of B*K rows is the slow option on CPU.

@@ -115,6 +115,23 @@ def test_shuffle_is_deterministic_global_and_per_epoch(tmp_path):
   assert a.state(4) == {"seed": 1, "step": 4, "rows_read": 24, "epoch": 0, "n_rows": 30}
 
 
+@pytest.mark.parametrize("n_rows", [1, 3, 30, 1000, 16384, 16385, 65537, 100_003, 2 ** 20 + 1, 10 ** 7])
+def test_shuffle_is_grains_permutation_bit_for_bit(n_rows):
+  """The vectorised order (softsae_jax.shuffle) is grain's range(N).shuffle(seed).repeat() position for
+  position, across epoch boundaries, with and without the epoch table (N <= 2**14), for seeds at both
+  ends of the 32-bit range (the epoch's seed wraps), N = 2**20 + 1 included (grain's power-of-two
+  quirk), so checkpoints written with grain's per-row order resume on the same batches."""
+  grain = pytest.importorskip("grain")
+  from softsae_jax.shuffle import shuffled_rows
+
+  rng = np.random.default_rng(n_rows)
+  pos = np.unique(np.concatenate([np.arange(min(3 * n_rows, 2500)), rng.integers(0, 4 * n_rows, 700),
+                                  n_rows * np.arange(1, 4) - 1, n_rows * np.arange(1, 4)]))
+  for seed in (0, 12345, 2 ** 32 - 2):
+    ref = grain.MapDataset.range(n_rows).shuffle(seed=seed).repeat(None)
+    np.testing.assert_array_equal(shuffled_rows(pos, n_rows, seed), [ref[int(p)] for p in pos])
+
+
 def test_each_process_reads_its_rows(tmp_path):
   """A process reads only its row range of each global batch; the ranges of the processes tile it, and
   ``whole=True`` (b_dec's batch 0) reads all of it on every process."""
@@ -213,6 +230,10 @@ def test_overrides_typed_and_unknown_keys():
     config_lib.apply_overrides(config_lib.Config(), ["sae.arch=vae"])
   with pytest.raises(ConfigError, match="data.skip_nonfinite: expected true or false"):
     config_lib.apply_overrides(config_lib.Config(), ["data.skip_nonfinite=maybe"])
+  for key in ("train.seed", "data.seed"):  # the data order's shuffle takes a 32-bit seed
+    for bad in ("-1", str(2 ** 32)):
+      with pytest.raises(ConfigError, match=rf"{key} must be in \[0, 2\*\*32\)"):
+        config_lib.apply_overrides(config_lib.Config(), [f"{key}={bad}"])
 
 
 def test_impossible_k_and_roundtrip():
