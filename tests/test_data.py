@@ -11,7 +11,7 @@ import pytest
 
 from softsae_jax import config as config_lib
 from softsae_jax.config import ConfigError
-from softsae_jax.data import BatchSource, NonFiniteError, estimate_norm_factor, prefetch, read_rows
+from softsae_jax.data import BatchSource, NonFiniteError, estimate_norm_factor, finite_rows, prefetch, read_rows
 from softsae_jax.shards import DataError, ShardWriter, open_dataset
 
 D = 4
@@ -282,3 +282,14 @@ def test_checkpoint_roundtrip_into_a_different_template(tmp_path):
   chex.assert_trees_all_equal(restored, a)  # same structure, every leaf equal
   meta_cfg, _ = ck.restore_meta(7)
   assert config_lib.from_dict(meta_cfg) == cfg
+
+
+def test_finite_rows_is_isfinite_for_every_float16_and_other_dtypes():
+  """The float16 check from the exponent bits agrees with np.isfinite on all 65536 bit patterns."""
+  every_B = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+  np.testing.assert_array_equal(finite_rows(every_B.reshape(-1, 1)), np.isfinite(every_B))
+  x_ND = np.random.default_rng(0).integers(0, 2 ** 16, size=(4096, 5), dtype=np.uint16).view(np.float16)
+  np.testing.assert_array_equal(finite_rows(x_ND), np.isfinite(x_ND).all(axis=1))
+  for dt in (np.float32, np.float64):
+    y_ND = x_ND.astype(dt)
+    np.testing.assert_array_equal(finite_rows(y_ND), np.isfinite(y_ND).all(axis=1))
