@@ -13,7 +13,8 @@ cycle-walking cipher: a Simon-style Feistel network on a block of ``b`` bits, th
 ``b >= 16`` with ``b >= ceil(log2(max_index))``, round keys from C++'s ``std::seed_seq{seed}``, the
 cipher applied again while the result is above ``max_index``. Its quirk is kept too: where
 ``max_index`` is a power of two, ``2**b == max_index`` and the index ``max_index`` shares a row with
-index 0 (an epoch of ``N = 2**b + 1`` rows, b >= 16, reads one row twice and one not at all).
+index 0 (an epoch of ``N = 2**b + 1`` rows, b even and >= 16, reads one row twice and never reads
+row ``N - 1``; one row in 65,537 or fewer).
 
 numpy only.
 """
