@@ -58,7 +58,7 @@ def pieces(arch: str, d: int, f: int, k: int, b: int, sparse_grads: str = "auto"
 
   step = _steps.build(arch, d, f, k, b, overrides=(f"sae.sparse_grads={sparse_grads}",
                                                    f"sae.sparse_soft={str(sparse_soft).lower()}"))
-  cfg, sae = step.cfg, step.cfg.sae
+  sae = step.cfg.sae
   sparse = sae_lib.sparse_grads_on(sae)
   candidates = arch == "softsae" and archs._soft_candidates_on(sae, None)
   # Copies: the whole step donates (deletes) the state it is given.

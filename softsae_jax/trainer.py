@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from softsae_jax import config as config_lib
@@ -27,7 +26,7 @@ from softsae_jax.config import Config, ConfigError
 from softsae_jax.data import BatchSource, estimate_norm_factor, prefetch, to_global
 from softsae_jax.errors import UserError
 from softsae_jax.optim import make_optimizer
-from softsae_jax.shards import DataError, open_dataset
+from softsae_jax.shards import open_dataset
 from softsae_jax.train import (abstract_state, abstract_sweep_state, geometric_median, init_sharded, init_sweep_state,
                                make_sweep_step, make_train_step, state_shardings)
 
