@@ -25,7 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from softsae_jax.shards import DataError, Dataset
-from softsae_jax.shuffle import shuffled_rows
+from softsae_jax.shuffle import check_seed, shuffled_rows
 
 
 class NonFiniteError(DataError):
@@ -85,8 +85,8 @@ class BatchSource:
 
   def __init__(self, ds: Dataset, batch_size: int, seed: int, *, shuffle: bool = True, skip_nonfinite: bool = False,
                rows: slice | None = None):
-    if shuffle and not 0 <= seed < 2 ** 32:
-      raise ValueError(f"the shuffle seed must be an integer in [0, 2**32), got {seed}")
+    if shuffle:
+      check_seed(seed)  # here, not at the first batch on the prefetch thread
     self.ds = ds
     self.batch_size = batch_size
     self.seed = seed

@@ -127,6 +127,12 @@ def _epoch_order(n_rows: int, seed: int) -> np.ndarray:
   return _walk(lambda v: table[v], table[:n_rows].copy(), n_rows - 1).astype(np.int64)
 
 
+def check_seed(seed: int) -> None:
+  """Raises ValueError unless ``seed`` is a shuffle seed, an integer in [0, 2**32) (grain's range)."""
+  if not 0 <= seed < 2 ** 32:
+    raise ValueError(f"the shuffle seed must be an integer in [0, 2**32), got {seed}")
+
+
 def shuffled_rows(pos_N: np.ndarray, n_rows: int, seed: int) -> np.ndarray:
   """The rows at positions ``pos_N`` of ``grain.MapDataset.range(n_rows).shuffle(seed).repeat()``,
   int64: the epoch ``p // n_rows`` shuffled with seed ``(seed + epoch) mod 2**32``.
@@ -134,8 +140,7 @@ def shuffled_rows(pos_N: np.ndarray, n_rows: int, seed: int) -> np.ndarray:
   >>> sorted(shuffled_rows(np.arange(5), 5, seed=0).tolist())  # an epoch is a permutation
   [0, 1, 2, 3, 4]
   """
-  if not 0 <= seed < 2 ** 32:
-    raise ValueError(f"the shuffle seed must be an integer in [0, 2**32), got {seed}")
+  check_seed(seed)
   pos_N = np.asarray(pos_N, dtype=np.int64)
   epoch_N, within_N = np.divmod(pos_N, n_rows)
   out_N = np.empty_like(pos_N)
