@@ -42,12 +42,18 @@ def dead_latents(f: int) -> np.ndarray:
 
 
 def build(arch: str, d: int, f: int, k: int, b: int, *, overrides=(), x_dtype=np.float32, seed: int = 0,
-          dead: bool = False) -> Step:
+          dead: bool = False, native: bool = True) -> Step:
   """The step ``softsae train`` compiles for these shapes, on a 1x1 mesh of the first device.
 
   ``dead``: :func:`dead_latents` are dead (past the dead-token window) and stay so (encoder bias -100:
-  they never fire), so AuxK runs on every step, as on most steps of a training run."""
+  they never fire), so AuxK runs on every step, as on most steps of a training run.
+  ``native=False``: compiled as without the native top-k kernel (``softsae_jax.native``; the pure-XLA
+  selection), for a before/after in one process."""
+  import unittest.mock
+
   import jax
+
+  from softsae_jax import native as native_lib
 
   from softsae_jax import config as config_lib
   from softsae_jax import sharding
@@ -70,8 +76,12 @@ def build(arch: str, d: int, f: int, k: int, b: int, *, overrides=(), x_dtype=np
     params = state.params._replace(b_enc=state.params.b_enc.at[idx].set(-100.0))
     state = state._replace(params=params, since_fired_F=state.since_fired_F.at[idx].set(cfg.dead_tokens))
   rows_sh, mask_sh = sharding.batch_shardings(mesh)
-  return Step(cfg, tx, mesh, make_train_step(cfg, tx, mesh), state, to_global(x_BD, rows_sh, x_BD.shape),
-              to_global(np.ones((b,), bool), mask_sh, (b,)))
+  x_BD, valid_B = to_global(x_BD, rows_sh, x_BD.shape), to_global(np.ones((b,), bool), mask_sh, (b,))
+  fn = make_train_step(cfg, tx, mesh)
+  if not native:  # the choice is made while tracing: compile now, with the kernel reported unavailable
+    with unittest.mock.patch.object(native_lib, "available", lambda: False):
+      fn = fn.lower(state, x_BD, valid_B).compile()
+  return Step(cfg, tx, mesh, fn, state, x_BD, valid_B)
 
 
 def runner(step: Step):

@@ -25,6 +25,9 @@ float32, Adam, on one device:
   sparse soft phase), likewise.
 * ``softsae softsae (x estimator)``: the same SoftSAE step with ``sae.k_input=x`` (the authors'
   k-estimator, a second D -> F layer on x; the default before the top_acts estimator), likewise.
+* ``softsae topk (xla top-k)``, ``softsae softsae (xla top-k)``: the same steps compiled as without
+  the native top-k kernel (:mod:`softsae_jax.native`; the pure-XLA selection, what runs where no C++
+  compiler is found or with ``SOFTSAE_NATIVE=off``), for a before/after in the same rounds.
 * ``softsae topk (dead latents)``, ``softsae softsae (dead latents)``: the same steps with 0.1% of the
   latents dead (past the dead-token window, and kept so), so that AuxK runs, as it does on most steps
   of a training run (55-68% of the logged steps of the MiniLM runs had dead latents, a median 0.13%
@@ -80,9 +83,9 @@ TORCH_NAMES = ("torch topk (plain)", "sparsify", "sparsify (dead latents)", "sae
 # setting that helps our step, so that what the setting buys is not counted as the trainer's speed.
 SAME_MALLOC = " [same malloc]"
 TORCH_SAME = ("torch topk (plain)" + SAME_MALLOC, "sparsify" + SAME_MALLOC, "sparsify (dead latents)" + SAME_MALLOC)
-JAX_NAMES = ("softsae topk", "softsae topk (dense grads)", "softsae topk (dead latents)", "softsae softsae",
-             "softsae softsae (dense soft phase)", "softsae softsae (x estimator)", "softsae softsae (dead latents)",
-             "jax matmul")
+JAX_NAMES = ("softsae topk", "softsae topk (dense grads)", "softsae topk (dead latents)", "softsae topk (xla top-k)",
+             "softsae softsae", "softsae softsae (dense soft phase)", "softsae softsae (x estimator)",
+             "softsae softsae (dead latents)", "softsae softsae (xla top-k)", "jax matmul")
 REFERENCE = "torch topk (plain)"
 
 
@@ -289,11 +292,12 @@ class TorchWorker:
 # --------------------------------------------------------------------------------------- jax side
 
 
-def jax_step(arch: str, d: int, f: int, k: int, b: int, seed: int = 0, overrides=(), dead: bool = False):
+def jax_step(arch: str, d: int, f: int, k: int, b: int, seed: int = 0, overrides=(), dead: bool = False,
+             native: bool = True):
   """The jitted step ``softsae train`` runs, with its state: returns ``step()`` (one blocking step)."""
   import _steps
 
-  return _steps.runner(_steps.build(arch, d, f, k, b, seed=seed, overrides=overrides, dead=dead))
+  return _steps.runner(_steps.build(arch, d, f, k, b, seed=seed, overrides=overrides, dead=dead, native=native))
 
 
 def jax_matmul(d: int, f: int, k: int, b: int, seed: int = 0):
@@ -322,6 +326,8 @@ def _jax_builder(name):
           "softsae softsae (x estimator)": lambda *a: jax_step("softsae", *a, overrides=("sae.k_input=x",)),
           "softsae topk (dead latents)": lambda *a: jax_step("topk", *a, dead=True),
           "softsae softsae (dead latents)": lambda *a: jax_step("softsae", *a, dead=True),
+          "softsae topk (xla top-k)": lambda *a: jax_step("topk", *a, native=False),
+          "softsae softsae (xla top-k)": lambda *a: jax_step("softsae", *a, native=False),
           "jax matmul": jax_matmul}[name]
 
 
@@ -402,6 +408,8 @@ SPEEDUPS = (  # (after, before): the same step with a speed-up of the library on
     ("softsae topk", "softsae topk (dead latents)", "no dead latent (what AuxK costs with 0.1% dead)"),
     ("softsae softsae", "softsae softsae (dead latents)", "no dead latent (what AuxK costs with 0.1% dead)"),
     ("sparsify", "sparsify (dead latents)", "no dead latent (what AuxK costs with 0.1% dead)"),
+    ("softsae topk", "softsae topk (xla top-k)", "the native top-k kernel (softsae_jax.native)"),
+    ("softsae softsae", "softsae softsae (xla top-k)", "the native top-k kernel (softsae_jax.native)"),
 )
 
 
@@ -463,9 +471,10 @@ def main():
 
   from _host import header
 
-  names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae topk (dead latents)", "softsae softsae",
-                       "softsae softsae (dense soft phase)", "softsae softsae (x estimator)",
-                       "softsae softsae (dead latents)", "torch topk (plain)", "sparsify", "sparsify (dead latents)",
+  names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae topk (dead latents)",
+                       "softsae topk (xla top-k)", "softsae softsae", "softsae softsae (dense soft phase)",
+                       "softsae softsae (x estimator)", "softsae softsae (dead latents)", "softsae softsae (xla top-k)",
+                       "torch topk (plain)", "sparsify", "sparsify (dead latents)",
                        "sae_lens", *TORCH_SAME, "jax matmul", "torch matmul")
            if not a.only or n in a.only.split(",")]
   from softsae_jax.host import GLIBC_ENV

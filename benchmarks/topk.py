@@ -2,7 +2,7 @@
 
 Run:  .venv/bin/python benchmarks/topk.py            (about 1-2 minutes on a 2-core CPU)
       .venv/bin/python benchmarks/topk.py --no-full  (skip the slow full-sort contrast)
-      .venv/bin/python benchmarks/topk.py --top-k    (the chunked exact top-k against lax.top_k instead)
+      .venv/bin/python benchmarks/topk.py --top-k    (the exact top-k, native and pure XLA, against lax.top_k instead)
 
 For B x F float32 scores and a per-row k, times ``jit(value_and_grad(sum(soft_topk(x, k, alpha,
 max_k=64) * v)))`` w.r.t. x and k, and divides by the time of ``jit(lax.top_k(x, 64))`` on the same
@@ -72,23 +72,43 @@ def interleaved_ratio(fn, fn_args, ref, ref_args, rounds: int) -> dict[str, floa
   }
 
 
-def chunked_vs_lax(num_b: int, rounds: int) -> None:
-  """``topk.top_k`` against ``lax.top_k`` at the library's selection shapes (TopK's k, SoftSAE's
-  M = k_max + 16 candidates), on post-ReLU rows, interleaved; asserts the same values and indices."""
-  from softsae_jax.topk import top_k
+def selections_vs_lax(num_b: int, rounds: int) -> None:
+  """The library's exact top-k against ``lax.top_k`` at its selection shapes (TopK's k, SoftSAE's
+  M = k_max + 16 candidates), on post-ReLU rows, interleaved: the native kernel
+  (``softsae_jax.native``, what ``topk.top_k`` calls on the CPU) and the pure-XLA path
+  (``topk.xla_top_k``: the chunked selection where F >= 64 k, else ``lax.top_k``; what runs without a
+  C++ compiler). Asserts that both give lax.top_k's values and indices."""
+  from softsae_jax import native
+  from softsae_jax.topk import xla_top_k
 
+  has_native = native.available()
   print(f"jax {jax.__version__}, backend {jax.devices()[0].platform}, CPU: {_cpu_name()}, "
-        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, {MALLOC}")
-  print(f"B={num_b} float32 relu(N - 0.3); speed-up = time(lax.top_k) / time(topk.top_k), median of rounds")
-  print("| F | k | lax.top_k [ms, best] | topk.top_k [ms, best] | speed-up (median) |\n|---|---|---|---|---|")
+        f"{os.cpu_count()} cores ({len(os.sched_getaffinity(0))} usable), load average {os.getloadavg()[0]:.1f}, "
+        f"{MALLOC}, native kernel {'built' if has_native else 'unavailable'}")
+  print(f"B={num_b} float32 relu(N - 0.3); speed-up = time(lax.top_k) / time(contender), median of "
+        f"{rounds} interleaved rounds (best times in ms)")
+  print("| F | k | lax.top_k [ms] | pure XLA (`xla_top_k`) [ms] | speed-up | native [ms] | speed-up |")
+  print("|---|---|---|---|---|---|---|")
   for num_f, k in ((4096, 32), (4096, 80), (16384, 64), (16384, 144)):
     x_BF = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(num_f + k), (num_b, num_f), jnp.float32) - 0.3)
-    ref, new = jax.jit(lambda a, k=k: lax.top_k(a, k)), jax.jit(lambda a, k=k: top_k(a, k))
-    want, got = ref(x_BF), new(x_BF)
-    assert all(bool((w == g).all()) for w, g in zip(want, got)), (num_f, k)
-    r = interleaved_ratio(ref, (x_BF,), new, (x_BF,), rounds)
-    print(f"| {num_f} | {k} | {1e3 * r['t_fn']:.2f} | {1e3 * r['t_ref']:.2f} | {r['median']:.2f} |",
-          flush=True)
+    ref = jax.jit(lambda a, k=k: lax.top_k(a, k))
+    contenders = {"xla": jax.jit(lambda a, k=k: xla_top_k(a, k))}
+    if has_native:
+      contenders["native"] = jax.jit(lambda a, k=k: native.top_k(a, k))
+    want = ref(x_BF)
+    cells = [f"{num_f}", f"{k}"]
+    t_ref = []
+    for name in ("xla", "native"):
+      if name not in contenders:
+        cells += ["n/a", "n/a"]
+        continue
+      got = contenders[name](x_BF)
+      assert all(bool((w == g).all()) for w, g in zip(want, got)), (name, num_f, k)
+      r = interleaved_ratio(ref, (x_BF,), contenders[name], (x_BF,), rounds)
+      t_ref.append(r["t_fn"])
+      cells += [f"{1e3 * r['t_ref']:.2f}", f"**{r['median']:.2f}**" if name == "native" else f"{r['median']:.2f}"]
+    cells.insert(2, f"{1e3 * min(t_ref):.2f}")
+    print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def main():
@@ -99,11 +119,11 @@ def main():
   parser.add_argument("--rounds", type=int, default=9)
   parser.add_argument("--no-full", action="store_true", help="skip the full-sort (max_k=None) row")
   parser.add_argument("--top-k", action="store_true",
-                      help="instead: topk.top_k (the chunked exact selection) against lax.top_k")
+                      help="instead: the exact top-k (native kernel, pure-XLA chunked path) against lax.top_k")
   args = parser.parse_args()
   num_b, num_f, max_k = args.batch, args.features, args.max_k
   if args.top_k:
-    return chunked_vs_lax(num_b, args.rounds)
+    return selections_vs_lax(num_b, args.rounds)
 
   key_x, key_v = jax.random.split(jax.random.PRNGKey(0))
   normal_BF = jax.random.normal(key_x, (num_b, num_f), jnp.float32)

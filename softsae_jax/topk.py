@@ -53,6 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from softsae_jax import native
+
 __all__ = ["soft_topk", "soft_topk_candidates", "SoftCandidates", "hard_topk_mask", "hard_topk", "top_k"]
 
 # Extra candidates beyond max_k on the fast path. They keep a few near-ties at the candidate boundary
@@ -71,10 +73,12 @@ _CHUNKED_MIN_RATIO = 64
 
 
 def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-  """``lax.top_k(x, k)``: the same values and indices, ties and NaN ordered the same, faster on wide rows.
+  """``lax.top_k(x, k)``: the same values and indices, ties and NaN ordered the same, faster on the CPU.
 
   On XLA:CPU ``lax.top_k`` is a partial sort of every row with a per-row cost of a few microseconds
-  whatever the row's width. Where a row has at least ``64 k`` entries, a multiple of 16, this selects
+  whatever the row's width, on one thread. For float32 on the CPU this calls the native kernel
+  (:mod:`softsae_jax.native`: the same selection in C++, rows shared among XLA's threads) where it is
+  available. Without it, where a row has at least ``64 k`` entries, a multiple of 16, this selects
   in two narrow steps instead: each chunk of 16 consecutive entries is represented by its largest, the
   ``k`` best chunks are taken by ``lax.top_k`` over those maxima, and the answer by ``lax.top_k`` over
   the ``16 k`` entries of these chunks, gathered in column order. Exact: an entry among the row's
@@ -84,8 +88,19 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   columns. Other backends and narrower rows call ``lax.top_k`` itself.
   """
   f = x.shape[-1]
-  if (jax.default_backend() != "cpu" or k <= 0 or f % _CHUNK or f < _CHUNKED_MIN_RATIO * k
-          or x.dtype != jnp.float32):
+  if jax.default_backend() != "cpu" or x.dtype != jnp.float32 or not 0 < k <= f:
+    return lax.top_k(x, k)
+  if native.available():
+    return native.top_k(x, k)
+  return xla_top_k(x, k)
+
+
+def xla_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """:func:`top_k` without the native kernel: the chunked selection where a row has at least ``64 k``
+  entries, a multiple of 16, and float32 on the CPU; ``lax.top_k`` itself otherwise."""
+  f = x.shape[-1]
+  if (jax.default_backend() != "cpu" or x.dtype != jnp.float32 or not 0 < k <= f or f % _CHUNK
+          or f < _CHUNKED_MIN_RATIO * k):
     return lax.top_k(x, k)
   lead = x.shape[:-1]
   x_BF = x.reshape(-1, f)

@@ -159,6 +159,22 @@ def test_dead_latent_contenders_run_auxk_on_the_same_latents():
   assert all(float(m.aux_loss) > 0 and float(m.dead_frac) == 1 / F for m in metrics)
 
 
+def test_xla_top_k_contender_compiles_without_the_native_kernel():
+  """peers.py's "(xla top-k)" rows: the same step compiled with the pure-XLA selection, the default one
+  with the native kernel where it is built; both train the same."""
+  import _steps
+
+  from softsae_jax import native
+
+  plain = _steps.build("topk", D, F, K, B, native=False)
+  assert native._TARGET not in plain.fn.as_text()
+  default = _steps.build("topk", D, F, K, B)
+  if native.available():
+    assert native._TARGET in default.fn.lower(default.state, default.x_BD, default.valid_B).as_text()
+  a, b = _steps.runner(plain)(), _steps.runner(default)()
+  np.testing.assert_array_equal(np.asarray(a.loss), np.asarray(b.loss))
+
+
 @pytest.mark.slow
 def test_accelerator_softsae_and_step_parts():
   import step_parts

@@ -458,8 +458,9 @@ def test_docstring_documents_the_operator():
 
 @pytest.mark.parametrize("f,k", [(4096, 32), (2048, 32), (1024, 16)])
 def test_chunked_top_k_is_lax_top_k_exactly(f, k):
-  """topk.top_k (chunked on the CPU where F >= 64 k) returns lax.top_k's values and indices bit for bit:
-  ReLU zeros of both signs, many ties, NaN and infinities, leading dims."""
+  """topk.top_k's pure-XLA path (chunked on the CPU where F >= 64 k; what runs without the native
+  kernel) returns lax.top_k's values and indices bit for bit: ReLU zeros of both signs, many ties, NaN
+  and infinities, leading dims. The native kernel's own test is tests/test_native.py."""
   assert f >= topk._CHUNKED_MIN_RATIO * k and f % topk._CHUNK == 0  # the chunked path runs
   rng = np.random.default_rng(f + k)
   x = rng.normal(size=(24, f)).astype(np.float32)
@@ -474,6 +475,6 @@ def test_chunked_top_k_is_lax_top_k_exactly(f, k):
   odd[2, 9] = np.inf
   for case in (x, relu, zeros, np.round(x * 2) / 2, odd, x.reshape(2, 12, f)):
     want_v, want_i = jax.jit(lambda a: jax.lax.top_k(a, k))(case)
-    got_v, got_i = jax.jit(lambda a: topk.top_k(a, k))(case)
+    got_v, got_i = jax.jit(lambda a: topk.xla_top_k(a, k))(case)
     np.testing.assert_array_equal(np.asarray(got_v).view(np.int32), np.asarray(want_v).view(np.int32))
     np.testing.assert_array_equal(got_i, want_i)
