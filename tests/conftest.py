@@ -19,6 +19,12 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+# Build the native kernels (softsae_jax.native) once, before any test starts a subprocess that would
+# otherwise compile them under its own timeout.
+from softsae_jax import native  # noqa: E402
+
+native.available()
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 
