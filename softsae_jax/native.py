@@ -5,7 +5,7 @@ and indices bit for bit (ties, NaN, -0.0), 2.7-3.4x faster than ``lax.top_k`` on
 training step's shapes and shared among XLA's intra-op threads (``benchmarks/topk.py --top-k``,
 docs/benchmarks.md). ``softsae_jax.topk.top_k`` calls it on the CPU backend where it is available.
 
-Building. The first call of :func:`available` in a process compiles ``csrc/top_k.cc`` against the
+Building. The first call of :func:`available` in a process compiles ``csrc/cpu_kernels.cc`` against the
 FFI headers shipped with jaxlib (``jax.ffi.include_dir()``), with the C++ compiler in ``$CXX`` or the
 first of ``c++``, ``g++``, ``clang++`` on the PATH, at ``-O3`` with no CPU-specific flags, into
 ``$SOFTSAE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/softsae_jax``, else ``~/.cache/softsae_jax``); the
@@ -43,10 +43,11 @@ import numpy as np
 __all__ = ["available", "top_k", "ENV_SWITCH"]
 
 ENV_SWITCH = "SOFTSAE_NATIVE"
-_SOURCE = Path(__file__).with_name("csrc") / "top_k.cc"
+_SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cc"
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
+# custom-call target -> the handler's symbol in the library
+_TARGETS = {"softsae_jax_top_k": "SoftsaeTopK"}
 _TARGET = "softsae_jax_top_k"
-_SYMBOL = "SoftsaeTopK"
 
 
 def _compiler() -> str | None:
@@ -76,7 +77,7 @@ def _build(cxx: str) -> Path:
   source = _SOURCE.read_bytes()
   tag = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(), " ".join(_FLAGS).encode(),
                                    platform.machine().encode(), platform.system().encode()])).hexdigest()[:16]
-  out = cache_dir() / f"top_k-{tag}.so"
+  out = cache_dir() / f"cpu_kernels-{tag}.so"
   if out.is_file():
     return out
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,8 @@ def _load() -> str | None:
     return "no C++ compiler found ($CXX, c++, g++, clang++)"
   try:
     lib = ctypes.CDLL(str(_build(cxx)))
-    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu")
+    for target, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   except (OSError, subprocess.SubprocessError, AttributeError) as e:
     return f"{type(e).__name__}: {e}"
   return None
@@ -142,3 +144,4 @@ def _top_k_jvp(k, primals, tangents):
   (x,), (x_dot,) = primals, tangents
   vals, idx = top_k(x, k)
   return (vals, idx), (jnp.take_along_axis(x_dot, idx, axis=-1), np.zeros(idx.shape, jax.dtypes.float0))
+

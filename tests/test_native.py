@@ -142,7 +142,7 @@ def test_build_goes_to_the_cache_once(tmp_path):
   _need_native()
   out = _probe(tmp_path)
   assert out == {"ok": True, "same": [True, True], "warnings": []}
-  (lib,) = (tmp_path / "cache").glob("top_k-*.so")
+  (lib,) = (tmp_path / "cache").glob("cpu_kernels-*.so")
   built = lib.stat().st_mtime_ns
   assert not list((tmp_path / "cache").glob("*.tmp"))
   assert _probe(tmp_path)["ok"] is True

@@ -1,16 +1,22 @@
-// softsae_jax's exact top-k over the last axis for XLA:CPU, called through jax.ffi
-// (softsae_jax/native.py compiles this file on first use; softsae_jax/topk.py:top_k calls it).
+// softsae_jax's kernels for XLA:CPU, called through jax.ffi (softsae_jax/native.py compiles this
+// file on first use and registers each handler below as the custom-call target "softsae_jax_<name>").
 //
-// The result is lax.top_k's, bit for bit: each row's k largest entries in decreasing order under
-// XLA:CPU TopK's total order (a float's bits as an integer key, magnitude bits flipped when negative:
-// -0.0 below 0.0, NaN with the sign bit clear above +inf, with it set below -inf), equal keys by the
-// lower column first.
+// * TopK: lax.top_k over the last axis, bit for bit (softsae_jax/topk.py:top_k).
 //
-// Per row, in two passes over the data: the largest key of each chunk of 16 entries; t = the k-th
-// largest of those chunk maxima (k chunks each hold an entry >= t, so every entry among the row's k
-// largest is >= t); the entries >= t of the chunks whose maximum is >= t become candidates (k to a
-// few k on real activations); the best k of them by nth_element, sorted. Rows are shared among XLA's
-// intra-op threads; the calling thread takes rows too and waits only for rows that were taken.
+// Work is shared among XLA's intra-op threads in blocks (ParallelFor); the calling thread takes blocks
+// too and waits only for blocks that were taken. Each output element is computed by one thread, so
+// results do not depend on the number of threads.
+//
+// (The sparse decode's and weight gradients' loops over the k selected latents were tried here too, as
+// one pass each: memory-bound gathers and scatters, they measured no faster than XLA's loops of k
+// gathers or scatters, and slower at d = 768; docs/benchmarks.md.)
+//
+// TopK's order is XLA:CPU TopK's total order (a float's bits as an integer key, magnitude bits flipped
+// when negative: -0.0 below 0.0, NaN with the sign bit clear above +inf, with it set below -inf), equal
+// keys by the lower column first. Per row, in two passes over the data: the largest key of each chunk
+// of 16 entries; t = the k-th largest of those chunk maxima (k chunks each hold an entry >= t, so every
+// entry among the row's k largest is >= t); the entries >= t of the chunks whose maximum is >= t become
+// candidates (k to a few k on real activations); the best k of them by nth_element, sorted.
 
 #include <algorithm>
 #include <atomic>
@@ -82,27 +88,44 @@ void TopKRow(const float* x, int64_t n, int64_t k, float* vals, int32_t* cols, S
   }
 }
 
+// Runs body(i0, i1) over [0, n) in blocks of `block`, on the calling thread and up to
+// pool.num_threads() - 1 pool tasks. A task that starts after every block was taken returns without
+// calling body (the handler may have returned by then); the shared state outlives it.
 struct Progress {
+  explicit Progress(int64_t n) : n(n) {}
+  const int64_t n;
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
   std::mutex mu;
   std::condition_variable cv;
 };
 
-// Takes blocks of rows until none is left. A task that starts after all rows were taken returns
-// without touching the buffers (the call may have returned by then); `p` outlives it.
-void Work(Progress* p, const float* x, float* vals, int32_t* cols, int64_t rows, int64_t n, int64_t k) {
-  Scratch scratch;
+template <typename Body>
+void Drain(Progress* p, int64_t block, const Body& body) {
   while (true) {
-    const int64_t r0 = p->next.fetch_add(kRowsPerTask);
-    if (r0 >= rows) return;
-    const int64_t r1 = std::min(rows, r0 + kRowsPerTask);
-    for (int64_t r = r0; r < r1; ++r) TopKRow(x + r * n, n, k, vals + r * k, cols + r * k, scratch);
-    if (p->done.fetch_add(r1 - r0) + (r1 - r0) == rows) {
+    const int64_t i0 = p->next.fetch_add(block);
+    if (i0 >= p->n) return;
+    const int64_t i1 = std::min(p->n, i0 + block);
+    body(i0, i1);
+    if (p->done.fetch_add(i1 - i0) + (i1 - i0) == p->n) {
       std::lock_guard<std::mutex> lock(p->mu);
       p->cv.notify_all();
     }
   }
+}
+
+template <typename Body>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t block, Body body) {
+  if (n <= 0) return;
+  auto progress = std::make_shared<Progress>(n);
+  auto shared_body = std::make_shared<Body>(std::move(body));
+  const int64_t blocks = (n + block - 1) / block;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), blocks) - 1;
+  for (int64_t t = 0; t < helpers; ++t)
+    pool.Schedule([progress, shared_body, block] { Drain(progress.get(), block, *shared_body); });
+  Drain(progress.get(), block, *shared_body);
+  std::unique_lock<std::mutex> lock(progress->mu);
+  progress->cv.wait(lock, [&] { return progress->done.load() == n; });
 }
 
 ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> vals,
@@ -114,18 +137,13 @@ ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBu
   const int64_t n = x_dims.back(), k = v_dims.back();
   if (k < 1 || k > n) return ffi::Error::InvalidArgument("softsae_jax top_k: need 1 <= k <= the last axis");
   const int64_t rows = x.element_count() / n;
-  if (rows == 0) return ffi::Error::Success();
   const float* xp = x.typed_data();
   float* vp = vals->typed_data();
   int32_t* cp = cols->typed_data();
-  auto progress = std::make_shared<Progress>();
-  const int64_t blocks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), blocks) - 1;
-  for (int64_t t = 0; t < helpers; ++t)
-    pool.Schedule([progress, xp, vp, cp, rows, n, k] { Work(progress.get(), xp, vp, cp, rows, n, k); });
-  Work(progress.get(), xp, vp, cp, rows, n, k);
-  std::unique_lock<std::mutex> lock(progress->mu);
-  progress->cv.wait(lock, [&] { return progress->done.load() == rows; });
+  ParallelFor(pool, rows, kRowsPerTask, [=](int64_t r0, int64_t r1) {
+    Scratch scratch;
+    for (int64_t r = r0; r < r1; ++r) TopKRow(xp + r * n, n, k, vp + r * k, cp + r * k, scratch);
+  });
   return ffi::Error::Success();
 }
 
