@@ -1,13 +1,14 @@
 """Native XLA:CPU kernels through ``jax.ffi``, compiled from ``softsae_jax/csrc`` on first use.
 
 One kernel so far: :func:`top_k`, ``lax.top_k`` over the last axis of a float32 array, the same values
-and indices bit for bit (ties, NaN, -0.0), 2.7-3.4x faster than ``lax.top_k`` on one core at the
-training step's shapes and shared among XLA's intra-op threads (``benchmarks/topk.py --top-k``,
-docs/benchmarks.md). ``softsae_jax.topk.top_k`` calls it on the CPU backend where it is available.
+and indices bit for bit (ties, NaN, -0.0), 3.0-3.7x faster than ``lax.top_k`` on one core at the
+training step's shapes, 5-7x on two (its rows are shared among XLA's intra-op threads;
+``benchmarks/topk.py --top-k``, docs/benchmarks.md "Exact top-k"). ``softsae_jax.topk.top_k`` calls it on the CPU backend where it is available.
 
 Building. The first call of :func:`available` in a process compiles ``csrc/cpu_kernels.cc`` against the
-FFI headers shipped with jaxlib (``jax.ffi.include_dir()``), with the C++ compiler in ``$CXX`` or the
-first of ``c++``, ``g++``, ``clang++`` on the PATH, at ``-O3`` with no CPU-specific flags, into
+FFI headers shipped with jaxlib (``jax.ffi.include_dir()``), with the C++ compiler in ``$CXX`` (words
+after the first are passed on, e.g. ``ccache g++``) or the first of ``c++``, ``g++``, ``clang++`` on
+the PATH, at ``-O3`` with no CPU-specific flags, into
 ``$SOFTSAE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/softsae_jax``, else ``~/.cache/softsae_jax``); the
 file's name is a hash of the source, the jaxlib version, the compiler and the flags, so a new version
 of any of them builds afresh and concurrent processes do not clash (each writes its own temporary
@@ -18,9 +19,11 @@ warning says why and how to silence it, and ``topk.top_k`` keeps its pure-XLA pa
 the same, only slower. ``SOFTSAE_NATIVE=off`` turns the kernels off without trying (nothing is
 compiled or loaded, no warning).
 
-Sharding. The custom call is opaque to XLA's partitioner: under a jit over several devices it would
-run on the whole (gathered) array. The library calls it only where the array is one device's (no
-mesh, or inside ``shard_map``); ``softsae_jax.parallel`` uses ``lax.top_k`` on its sharded paths.
+Sharding. The custom call is opaque to XLA's partitioner: under a jit whose operand is split over
+several devices, XLA gathers the whole array and runs the call on it, as it does for ``lax.top_k``
+(a sweep of ``softsae train`` on a mesh of several devices selects so; the latent-sharded paths of
+``softsae_jax.parallel`` select inside ``shard_map`` with ``lax.top_k``). On one device, the case it
+is made for, nothing is gathered.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -50,14 +54,17 @@ _TARGETS = {"softsae_jax_top_k": "SoftsaeTopK"}
 _TARGET = "softsae_jax_top_k"
 
 
-def _compiler() -> str | None:
-  cxx = os.environ.get("CXX")
+def _compiler() -> list[str] | None:
+  """The C++ compiler's command: ``$CXX`` (which may carry words of its own, e.g. ``ccache g++``), else
+  the first of ``c++``, ``g++``, ``clang++`` on the PATH; None if there is none."""
+  cxx = shlex.split(os.environ.get("CXX", ""))
   if cxx:
-    return shutil.which(cxx) or (cxx if os.path.isfile(cxx) else None)
+    found = shutil.which(cxx[0]) or (cxx[0] if os.path.isfile(cxx[0]) else None)
+    return [found, *cxx[1:]] if found else None
   for name in ("c++", "g++", "clang++"):
     found = shutil.which(name)
     if found:
-      return found
+      return [found]
   return None
 
 
@@ -70,12 +77,12 @@ def cache_dir() -> Path:
   return Path(base) / "softsae_jax"
 
 
-def _build(cxx: str) -> Path:
+def _build(cxx: list[str]) -> Path:
   """The compiled library's path, compiling it first if the cache does not hold it yet."""
   import jaxlib
 
   source = _SOURCE.read_bytes()
-  tag = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(), " ".join(_FLAGS).encode(),
+  tag = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), " ".join(cxx).encode(), " ".join(_FLAGS).encode(),
                                    platform.machine().encode(), platform.system().encode()])).hexdigest()[:16]
   out = cache_dir() / f"cpu_kernels-{tag}.so"
   if out.is_file():
@@ -84,11 +91,12 @@ def _build(cxx: str) -> Path:
   fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".so.tmp", dir=out.parent)
   os.close(fd)
   try:
-    cmd = [cxx, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    cmd = [*cxx, *_FLAGS, "-I", jax.ffi.include_dir(), str(_SOURCE), "-o", tmp]
+    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=300, check=False)
     if proc.returncode != 0:
       last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-      raise OSError(f"{' '.join(cmd[:2])} ... exited with {proc.returncode}: {last}")
+      raise OSError(f"{' '.join(cxx)} exited with {proc.returncode}: {last}")
+    os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
     os.replace(tmp, out)
   finally:
     if os.path.exists(tmp):
@@ -135,6 +143,8 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   :func:`available`); differentiable in ``x`` like ``lax.top_k`` (the values' tangents are gathered)."""
   if x.dtype != jnp.float32 or x.ndim < 1 or not 1 <= k <= x.shape[-1]:
     raise ValueError(f"native top_k needs float32 with 1 <= k <= the last axis; got {x.dtype}{list(x.shape)}, k={k}")
+  if _load() is not None:
+    raise RuntimeError(f"softsae_jax's native kernels are unavailable ({_load()}); use softsae_jax.topk.top_k")
   out = (jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.float32), jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.int32))
   return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x)
 

@@ -84,7 +84,7 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   the ``16 k`` entries of these chunks, gathered in column order. Exact: an entry among the row's
   ``k`` largest lies in one of those chunks (else ``k`` chunks would each hold a larger entry). The
   order is ``lax.top_k``'s total order (a float's bits as an integer key: -0.0 below 0.0, NaN above
-  everything; equal keys by lower column), used for the chunks' maxima too, so ties select the same
+  everything with the sign bit clear, below everything with it set; equal keys by lower column), used for the chunks' maxima too, so ties select the same
   columns. Other backends and narrower rows call ``lax.top_k`` itself.
   """
   f = x.shape[-1]

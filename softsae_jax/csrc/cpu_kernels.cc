@@ -136,6 +136,7 @@ ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::ResultBu
     return ffi::Error::InvalidArgument("softsae_jax top_k: the input and the outputs need the same rank >= 1");
   const int64_t n = x_dims.back(), k = v_dims.back();
   if (k < 1 || k > n) return ffi::Error::InvalidArgument("softsae_jax top_k: need 1 <= k <= the last axis");
+  if (n > INT32_MAX) return ffi::Error::InvalidArgument("softsae_jax top_k: the last axis must fit int32 indices");
   const int64_t rows = x.element_count() / n;
   const float* xp = x.typed_data();
   float* vp = vals->typed_data();
