@@ -146,7 +146,8 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   if _load() is not None:
     raise RuntimeError(f"softsae_jax's native kernels are unavailable ({_load()}); use softsae_jax.topk.top_k")
   out = (jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.float32), jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.int32))
-  return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x)
+  with jax.named_scope("native_top_k"):  # the op's name in profiles (benchmarks/accelerator.py --profile)
+    return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x)
 
 
 @top_k.defjvp
