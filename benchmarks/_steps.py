@@ -53,9 +53,8 @@ def build(arch: str, d: int, f: int, k: int, b: int, *, overrides=(), x_dtype=np
 
   import jax
 
-  from softsae_jax import native as native_lib
-
   from softsae_jax import config as config_lib
+  from softsae_jax import native as native_lib
   from softsae_jax import sharding
   from softsae_jax.data import to_global
   from softsae_jax.optim import make_optimizer

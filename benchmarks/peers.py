@@ -471,11 +471,9 @@ def main():
 
   from _host import header
 
-  names = [n for n in ("softsae topk", "softsae topk (dense grads)", "softsae topk (dead latents)",
-                       "softsae topk (xla top-k)", "softsae softsae", "softsae softsae (dense soft phase)",
-                       "softsae softsae (x estimator)", "softsae softsae (dead latents)", "softsae softsae (xla top-k)",
-                       "torch topk (plain)", "sparsify", "sparsify (dead latents)",
-                       "sae_lens", *TORCH_SAME, "jax matmul", "torch matmul")
+  steps = [n for n in JAX_NAMES if n != "jax matmul"]
+  names = [n for n in (*steps, "torch topk (plain)", "sparsify", "sparsify (dead latents)", "sae_lens", *TORCH_SAME,
+                       "jax matmul", "torch matmul")
            if not a.only or n in a.only.split(",")]
   from softsae_jax.host import GLIBC_ENV
 

@@ -49,9 +49,8 @@ __all__ = ["available", "top_k", "ENV_SWITCH"]
 ENV_SWITCH = "SOFTSAE_NATIVE"
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.cc"
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-w")
-# custom-call target -> the handler's symbol in the library
-_TARGETS = {"softsae_jax_top_k": "SoftsaeTopK"}
-_TARGET = "softsae_jax_top_k"
+_TARGET = "softsae_jax_top_k"  # the custom-call target; its handler is the library's symbol _SYMBOL
+_SYMBOL = "SoftsaeTopK"
 
 
 def _compiler() -> list[str] | None:
@@ -114,8 +113,7 @@ def _load() -> str | None:
     return "no C++ compiler found ($CXX, c++, g++, clang++)"
   try:
     lib = ctypes.CDLL(str(_build(cxx)))
-    for target, symbol in _TARGETS.items():
-      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+    jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu")
   except (OSError, subprocess.SubprocessError, AttributeError) as e:
     return f"{type(e).__name__}: {e}"
   return None
@@ -143,8 +141,8 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   :func:`available`); differentiable in ``x`` like ``lax.top_k`` (the values' tangents are gathered)."""
   if x.dtype != jnp.float32 or x.ndim < 1 or not 1 <= k <= x.shape[-1]:
     raise ValueError(f"native top_k needs float32 with 1 <= k <= the last axis; got {x.dtype}{list(x.shape)}, k={k}")
-  if _load() is not None:
-    raise RuntimeError(f"softsae_jax's native kernels are unavailable ({_load()}); use softsae_jax.topk.top_k")
+  if (why := _load()) is not None:
+    raise RuntimeError(f"softsae_jax's native kernels are unavailable ({why}); use softsae_jax.topk.top_k")
   out = (jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.float32), jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.int32))
   with jax.named_scope("native_top_k"):  # the op's name in profiles (benchmarks/accelerator.py --profile)
     return jax.ffi.ffi_call(_TARGET, out, vmap_method="broadcast_all")(x)

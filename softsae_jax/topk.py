@@ -84,23 +84,25 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   the ``16 k`` entries of these chunks, gathered in column order. Exact: an entry among the row's
   ``k`` largest lies in one of those chunks (else ``k`` chunks would each hold a larger entry). The
   order is ``lax.top_k``'s total order (a float's bits as an integer key: -0.0 below 0.0, NaN above
-  everything with the sign bit clear, below everything with it set; equal keys by lower column), used for the chunks' maxima too, so ties select the same
-  columns. Other backends and narrower rows call ``lax.top_k`` itself.
+  everything with the sign bit clear, below everything with it set; equal keys by lower column), used
+  for the chunks' maxima too, so ties select the same columns. Other backends and narrower rows call
+  ``lax.top_k`` itself.
   """
-  f = x.shape[-1]
-  if jax.default_backend() != "cpu" or x.dtype != jnp.float32 or not 0 < k <= f:
-    return lax.top_k(x, k)
-  if native.available():
+  if _cpu_float32(x, k) and native.available():
     return native.top_k(x, k)
   return xla_top_k(x, k)
+
+
+def _cpu_float32(x: jax.Array, k: int) -> bool:
+  """Whether :func:`top_k`'s CPU paths apply: float32 on the CPU backend, 0 < k <= the row's width."""
+  return jax.default_backend() == "cpu" and x.dtype == jnp.float32 and 0 < k <= x.shape[-1]
 
 
 def xla_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
   """:func:`top_k` without the native kernel: the chunked selection where a row has at least ``64 k``
   entries, a multiple of 16, and float32 on the CPU; ``lax.top_k`` itself otherwise."""
   f = x.shape[-1]
-  if (jax.default_backend() != "cpu" or x.dtype != jnp.float32 or not 0 < k <= f or f % _CHUNK
-          or f < _CHUNKED_MIN_RATIO * k):
+  if not _cpu_float32(x, k) or f % _CHUNK or f < _CHUNKED_MIN_RATIO * k:
     return lax.top_k(x, k)
   lead = x.shape[:-1]
   x_BF = x.reshape(-1, f)

@@ -22,7 +22,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -53,10 +52,10 @@ struct Scratch {
 
 void TopKRow(const float* x, int64_t n, int64_t k, float* vals, int32_t* cols, Scratch& s) {
   const int32_t* bits = reinterpret_cast<const int32_t*>(x);
-  const int64_t full = n / kChunk, chunks = (n + kChunk - 1) / kChunk;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
   s.chunk_max.resize(chunks);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t j0 = c * kChunk, j1 = c < full ? j0 + kChunk : n;
+    const int64_t j0 = c * kChunk, j1 = std::min(n, j0 + kChunk);
     int32_t m = INT32_MIN;
     for (int64_t j = j0; j < j1; ++j) m = std::max(m, OrderKey(bits[j]));
     s.chunk_max[c] = m;
